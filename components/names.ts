@@ -1,0 +1,38 @@
+/**
+ * Names and ports that the edge, the relay, the offline render and the policy pack agree
+ * on. Changing one here changes it everywhere.
+ */
+
+/** Where the relay listens inside the Docker network. No port is published on the host. */
+export const RELAY_LISTENERS = {
+  /** SMTP submission, STARTTLS by Postfix; every connection starts with a PROXY header (Traefik passes 587 through). */
+  submission: 10587,
+  /** Plain SMTP after Traefik terminated the implicit TLS of 465; every connection starts with a PROXY header. */
+  smtps: 10465,
+  /** Loopback only, no PROXY header: the container's own healthcheck. */
+  local: 587,
+  /** The relay's Prometheus metrics (an exporter sharing the relay's network namespace). */
+  metrics: 9154,
+} as const;
+
+/** Traefik's entry point names. */
+export const ENTRY_POINTS = {
+  web: "web",
+  websecure: "websecure",
+  smtps: "smtps",
+  submission: "submission",
+} as const;
+
+/** The Let's Encrypt certificate resolver. */
+export const CERT_RESOLVER = "letsencrypt";
+
+/** The rate-limit middleware every HTTP router on the edge uses first. */
+export const RATE_LIMIT_MIDDLEWARE = "relay-ratelimit";
+
+/** Label saying which part of the stack a container is; the policy pack reads it. */
+export const ROLE_LABEL = "homelab-smtp.role";
+export type Role = "edge" | "relay" | "relay-metrics";
+
+/** Where Traefik reads its static configuration and its file-provider directory. */
+export const TRAEFIK_STATIC_PATH = "/etc/traefik/traefik.yml";
+export const TRAEFIK_DYNAMIC_DIR = "/etc/traefik/dynamic";
