@@ -181,19 +181,19 @@ function asConfigText(value: unknown): string {
  * Reads `stacks/Pulumi.<stack>.yaml` as the Pulumi CLI would hand it to the program,
  * without the CLI: `secure:` values stay encrypted and are passed on as opaque secrets.
  */
-export function loadStackFile(stack: string, projectDir = PROJECT_DIR): ConfigSource {
-  const stackFile = path.join("stacks", `Pulumi.${stack}.yaml`);
-  const full = path.join(projectDir, stackFile);
+export function loadStackFile(stack: string, stackDir = path.join(PROJECT_DIR, "stacks")): ConfigSource {
+  const full = path.join(stackDir, `Pulumi.${stack}.yaml`);
+  const stackFile = path.relative(process.cwd(), full) || full;
   if (!fs.existsSync(full)) {
-    throw new ConfigError([
-      { key: "(stack)", stackFile, found: `no file ${stackFile}`, expected: `one of: ${listStacks(projectDir).join(", ")}` },
-    ]);
+    const known = fs.existsSync(stackDir) ? listStacks(stackDir).join(", ") : "none";
+    throw new ConfigError([{ key: "(stack)", stackFile, found: "no such file", expected: `a stack file; stacks here: ${known}` }]);
   }
   let doc: { config?: Record<string, unknown> } | null;
   try {
     doc = YAML.parse(fs.readFileSync(full, "utf8"));
   } catch (err) {
-    throw new ConfigError([{ key: "(file)", stackFile, found: `invalid YAML (${(err as Error).message.split("\n")[0]})`, expected: "a Pulumi stack file" }]);
+    const reason = (err as Error).message.split("\n")[0];
+    throw new ConfigError([{ key: "(file)", stackFile, found: `invalid YAML (${reason})`, expected: "a Pulumi stack file" }]);
   }
   const values = new Map<string, RawValue>();
   for (const [fullKey, value] of Object.entries(doc?.config ?? {})) {
@@ -205,10 +205,10 @@ export function loadStackFile(stack: string, projectDir = PROJECT_DIR): ConfigSo
   return { stack, stackFile, values };
 }
 
-/** The stacks that have a file under stacks/. */
-export function listStacks(projectDir = PROJECT_DIR): string[] {
+/** The stacks that have a file in `stackDir`. */
+export function listStacks(stackDir = path.join(PROJECT_DIR, "stacks")): string[] {
   return fs
-    .readdirSync(path.join(projectDir, "stacks"))
+    .readdirSync(stackDir)
     .map((f) => /^Pulumi\.(.+)\.yaml$/.exec(f)?.[1])
     .filter((s): s is string => Boolean(s))
     .sort();
