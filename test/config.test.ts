@@ -250,3 +250,18 @@ describe("parseDuration reads Traefik durations", () => {
     expect(parseDuration(text)).toBeUndefined();
   });
 });
+
+describe("the README's configuration reference", () => {
+  it("lists every declared key with its current default and description", async () => {
+    const { configTable, withCurrentTable } = await import("../tools/configTable");
+    const readme = fs.readFileSync(path.join(PROJECT_DIR, "README.md"), "utf8");
+    expect(withCurrentTable(readme), "run `npm run docs:config`").toBe(readme);
+    for (const key of CONFIG_KEYS) expect(configTable()).toContain(`| \`${key}\` |`);
+  });
+});
+
+describe("stack files", () => {
+  it("a missing stack names the stacks there are", () => {
+    expect(() => loadStackFile("staging")).toThrow(/Pulumi\.staging\.yaml: found no such file; expected a stack file; stacks here: dev, prod/);
+  });
+});
