@@ -78,6 +78,12 @@ export interface RateLimitPolicy {
   exempt: readonly string[];
 }
 
+/** One Docker host: where it runs and what its container looks like. */
+export interface HostConfig {
+  proxmox: HomelabConfig["proxmox"];
+  lxc: HomelabConfig["lxc"];
+}
+
 export interface HomelabConfig {
   stack: string;
   stackFile: string;
@@ -127,6 +133,22 @@ export interface HomelabConfig {
     allowedSenderDomains: readonly string[];
     messageSizeLimit: number;
     expectedBurst: number;
+  };
+  /**
+   * Every Docker host, the one described by proxmox.* and lxc.* first, then edge.extraHosts.
+   * Each runs its own Traefik and relay.
+   */
+  hosts: readonly HostConfig[];
+  /** The shared rate-limit store; present when there is more than one host. */
+  redis?: { image: string; port: number; password: Secret; /** the first host's address */ host: string };
+  /** Bans for clients that keep failing AUTH; absent when disabled. */
+  fail2ban?: {
+    image: string;
+    maxRetry: number;
+    findTime: string;
+    banTime: string;
+    /** Never banned: loopback, the configured networks, rateLimit.exempt and traefik.trustedProxies. */
+    ignoreIPs: readonly string[];
   };
   /** Things that are allowed but probably not meant; printed by render and the program. */
   warnings: readonly string[];
@@ -410,7 +432,40 @@ const keySchemas = {
     .min(1, "at least one sender domain (otherwise the relay sends for any domain)"),
   "relay.messageSizeLimit": int(1024, 1_073_741_824, " bytes"),
   "relay.expectedBurst": int(1, 100_000),
+
+  "edge.extraHosts": z.array(
+    str.refine((t) => parseExtraHost(t) !== undefined, "node=<proxmox node>,vmId=<100..999999999>,ipv4=<address/prefix>[,hostname=<name>]"),
+  ),
+  "redis.image": required("a pinned Redis-compatible image"),
+  "redis.port": port,
+  "redis.password": str,
+
+  "fail2ban.enabled": z.boolean(),
+  "fail2ban.image": required("a pinned fail2ban image"),
+  "fail2ban.maxRetry": int(1, 100),
+  "fail2ban.findTime": str.refine((t) => (parsePostfixTime(t) ?? 0) >= 1, "a time such as 10m, 1h or 600"),
+  "fail2ban.banTime": str.refine((t) => (parsePostfixTime(t) ?? 0) >= 1, "a time such as 1h, 1d or 3600"),
+  "fail2ban.ignoreIPs": addressList,
 };
+
+/** One entry of edge.extraHosts: `node=pve2,vmId=126,ipv4=10.10.0.26/24[,hostname=smtp-edge-2]`. */
+export function parseExtraHost(text: string): { node: string; vmId: number; ipv4: string; hostname?: string } | undefined {
+  const fields = new Map<string, string>();
+  for (const part of text.split(",")) {
+    const m = /^\s*(node|vmId|ipv4|hostname)=(\S+)\s*$/.exec(part);
+    if (!m || fields.has(m[1])) return undefined;
+    fields.set(m[1], m[2]);
+  }
+  const node = fields.get("node");
+  const vmId = Number(fields.get("vmId"));
+  const ipv4 = fields.get("ipv4");
+  const hostname = fields.get("hostname");
+  if (!node || !/^[a-z0-9][a-z0-9-]*$/i.test(node)) return undefined;
+  if (!Number.isInteger(vmId) || vmId < 100 || vmId > 999_999_999) return undefined;
+  if (!ipv4 || !ipaddr.IPv4.isValidCIDR(ipv4)) return undefined;
+  if (hostname !== undefined && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(hostname)) return undefined;
+  return { node, vmId, ipv4, ...(hostname ? { hostname } : {}) };
+}
 
 type ConfigKey = keyof typeof keySchemas;
 type Flat = { [K in ConfigKey]: z.infer<(typeof keySchemas)[K]> };
@@ -425,6 +480,7 @@ export const SECRET_KEYS: ReadonlySet<ConfigKey> = new Set([
   "acme.dnsProviderToken",
   "relay.upstreamPassword",
   "relay.clientLogins",
+  "redis.password",
 ]);
 
 // ---------------------------------------------------------------------------------------
@@ -753,6 +809,53 @@ const rules: readonly Rule[] = [
     },
   },
   {
+    reads: ["edge.extraHosts", "lxc.vmId", "lxc.ipv4", "lxc.gateway", "rateLimit.average", "redis.password", "redis.image"],
+    check(v, ctx) {
+      const extra = v["edge.extraHosts"].map((t) => parseExtraHost(t)!);
+      if (extra.length === 0) return;
+      const vmIds = new Map<number, string>([[v["lxc.vmId"], "lxc.vmId"]]);
+      const addresses = new Map<string, string>([[v["lxc.ipv4"].split("/")[0], "lxc.ipv4"]]);
+      const gateway = ipaddr.IPv4.parse(v["lxc.gateway"]);
+      extra.forEach((host, i) => {
+        const key = `edge.extraHosts[${i}]`;
+        const address = host.ipv4.split("/")[0];
+        const taken = vmIds.get(host.vmId) ?? addresses.get(address);
+        if (taken) ctx.problem(key, JSON.stringify(v["edge.extraHosts"][i]), `a container id and address not already used by ${PROJECT}:${taken}`);
+        if (!gateway.match(ipaddr.IPv4.parseCIDR(host.ipv4))) {
+          ctx.problem(key, JSON.stringify(v["edge.extraHosts"][i]), `an address in the network of lxc.gateway ${v["lxc.gateway"]}, which every host uses`);
+        }
+        vmIds.set(host.vmId, key);
+        addresses.set(address, key);
+      });
+      if (v["rateLimit.average"] === 0) {
+        ctx.problem(
+          "rateLimit.average",
+          "0",
+          "a rate above 0 with edge.extraHosts: the buckets are shared through Redis then, and Traefik's Redis limiter answers 429 to every request when average is 0",
+        );
+      }
+      if (ctx.unset.has("redis.password")) ctx.warn(unsetSecretWarning("redis.password"));
+      else if (!hasSecret(v, ctx, "redis.password")) {
+        ctx.problem("redis.password", "nothing", "a password for the shared Redis, set with --secret (edge.extraHosts is set)");
+      }
+      if (!imageTag(v["redis.image"])) {
+        ctx.problem("redis.image", JSON.stringify(v["redis.image"]), "an image pinned to a version tag, such as valkey/valkey:8.1.11-alpine");
+      }
+    },
+  },
+  {
+    reads: ["fail2ban.enabled", "fail2ban.image", "fail2ban.findTime", "fail2ban.banTime"],
+    check(v, { problem }) {
+      if (!v["fail2ban.enabled"]) return;
+      if (!imageTag(v["fail2ban.image"])) {
+        problem("fail2ban.image", JSON.stringify(v["fail2ban.image"]), "an image pinned to a version tag, such as crazymax/fail2ban:1.1.0");
+      }
+      if (parsePostfixTime(v["fail2ban.banTime"])! < parsePostfixTime(v["fail2ban.findTime"])!) {
+        problem("fail2ban.banTime", JSON.stringify(v["fail2ban.banTime"]), "at least fail2ban.findTime: a shorter ban lets the prober back in before its failures are forgotten");
+      }
+    },
+  },
+  {
     // One policy, every layer: the planned legitimate burst must pass all of them.
     reads: ["relay.expectedBurst", "rateLimit.messages", "rateLimit.average", "rateLimit.period", "rateLimit.burst", "rateLimit.window", "rateLimit.authAttempts"],
     check(v, { problem, warn }) {
@@ -810,7 +913,7 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
       ? { type: "dns", provider, tokenEnv: v["acme.dnsTokenEnv"] || DNS_TOKEN_ENV[provider], token: secret("acme.dnsProviderToken") }
       : { type: v["acme.challenge"] };
 
-  return {
+  const config: Omit<HomelabConfig, "hosts" | "redis" | "fail2ban"> = {
     stack: source.stack,
     stackFile: source.stackFile,
     proxmox: {
@@ -894,6 +997,36 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
       expectedBurst: v["relay.expectedBurst"],
     },
     warnings,
+  };
+
+  const hosts: HostConfig[] = [
+    { proxmox: config.proxmox, lxc: config.lxc },
+    ...v["edge.extraHosts"].map((text, i) => {
+      const host = parseExtraHost(text)!;
+      return {
+        proxmox: { ...config.proxmox, node: host.node },
+        lxc: { ...config.lxc, vmId: host.vmId, hostname: host.hostname ?? `${config.lxc.hostname}-${i + 2}`, ipv4: host.ipv4, address: host.ipv4.split("/")[0] },
+      };
+    }),
+  ];
+  const fail2banIgnore = ["127.0.0.0/8", "::1", ...v["fail2ban.ignoreIPs"], ...v["rateLimit.exempt"], ...v["traefik.trustedProxies"]];
+  return {
+    ...config,
+    hosts,
+    ...(hosts.length > 1
+      ? { redis: { image: v["redis.image"], port: v["redis.port"], password: secret("redis.password"), host: config.lxc.address } }
+      : {}),
+    ...(v["fail2ban.enabled"]
+      ? {
+          fail2ban: {
+            image: v["fail2ban.image"],
+            maxRetry: v["fail2ban.maxRetry"],
+            findTime: v["fail2ban.findTime"],
+            banTime: v["fail2ban.banTime"],
+            ignoreIPs: [...new Set(fail2banIgnore)],
+          },
+        }
+      : {}),
   };
 }
 

@@ -16,6 +16,7 @@ import {
   parseConfig,
   parseDuration,
 } from "../config";
+import { configTable, withCurrentTable } from "../tools/configTable";
 
 /** The dev stack file with some keys replaced (plain values) or removed (undefined). */
 function devWith(overrides: Record<string, unknown>): ConfigSource {
@@ -165,6 +166,12 @@ describe("invalid configuration is rejected with the key named", () => {
     ["upstream login without password", { "relay.upstreamUsername": "me@example.net" }, "relay.upstreamPassword", /--secret/],
     ["no SSH key", { "lxc.sshPublicKeys": [] }, "lxc.sshPublicKeys", /at least one/],
     ["VLAN out of range", { "lxc.vlan": 4095 }, "lxc.vlan", /at most 4094/],
+    ["extra host not in the form", { "edge.extraHosts": ["pve2 126 10.30.0.26/24"] }, "edge.extraHosts[0]", /node=<proxmox node>,vmId=/],
+    ["extra host reusing the container id", { "edge.extraHosts": ["node=pve2,vmId=9125,ipv4=10.30.0.26/24"] }, "edge.extraHosts[0]", /already used by homelab-smtp:lxc.vmId/],
+    ["extra host outside the gateway's network", { "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.31.0.26/24"] }, "edge.extraHosts[0]", /network of lxc.gateway/],
+    ["shared buckets with average 0", { "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.30.0.26/24"], "rateLimit.average": 0 }, "rateLimit.average", /429 to every request/],
+    ["ban shorter than the find window", { "fail2ban.banTime": "5m", "fail2ban.findTime": "10m" }, "fail2ban.banTime", /at least fail2ban.findTime/],
+    ["fail2ban never bans the operator's networks, so they must be addresses", { "fail2ban.ignoreIPs": ["my-lan"] }, "fail2ban.ignoreIPs[0]", /address or CIDR/],
   ];
 
   it.each(cases)("%s", (_name, overrides, key, message) => {
@@ -221,6 +228,32 @@ describe("invalid configuration is rejected with the key named", () => {
   });
 });
 
+describe("several edges", () => {
+  it("a single-host stack has one host and no Redis", () => {
+    const config = parseConfig(withSecrets(loadStackFile("dev")));
+    expect(config.hosts).toHaveLength(1);
+    expect(config.hosts[0].lxc).toBe(config.lxc);
+    expect(config.redis).toBeUndefined();
+  });
+
+  it("extra hosts share everything but node, id, name and address, and bring a shared Redis on the first host", () => {
+    const source = devWith({ "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.30.0.26/24", "node=pve3,vmId=9127,ipv4=10.30.0.27/24,hostname=edge-c"] });
+    const config = parseConfig(withSecrets(source, { ...decryptedSecrets, "redis.password": "redis-password-123" }));
+    expect(config.hosts.map((h) => [h.proxmox.node, h.lxc.vmId, h.lxc.address, h.lxc.hostname])).toEqual([
+      ["pve-lab", 9125, "10.30.0.25", "smtp-edge-dev"],
+      ["pve2", 9126, "10.30.0.26", "smtp-edge-dev-2"],
+      ["pve3", 9127, "10.30.0.27", "edge-c"],
+    ]);
+    expect(config.hosts[2].lxc.gateway).toBe(config.lxc.gateway);
+    expect(config.redis?.host).toBe("10.30.0.25");
+  });
+
+  it("never bans loopback, the exempt senders or the trusted proxies", () => {
+    const config = parseConfig(withSecrets(loadStackFile("prod")));
+    expect(config.fail2ban?.ignoreIPs).toEqual(expect.arrayContaining(["127.0.0.0/8", ...config.rateLimit.exempt, ...config.traefik.trustedProxies]));
+  });
+});
+
 describe("secrets stay secret", () => {
   it("every secret in the typed configuration is a secret Output", async () => {
     const config = parseConfig(withSecrets(loadStackFile("prod")));
@@ -252,8 +285,7 @@ describe("parseDuration reads Traefik durations", () => {
 });
 
 describe("the README's configuration reference", () => {
-  it("lists every declared key with its current default and description", async () => {
-    const { configTable, withCurrentTable } = await import("../tools/configTable");
+  it("lists every declared key with its current default and description", () => {
     const readme = fs.readFileSync(path.join(PROJECT_DIR, "README.md"), "utf8");
     expect(withCurrentTable(readme), "run `npm run docs:config`").toBe(readme);
     for (const key of CONFIG_KEYS) expect(configTable()).toContain(`| \`${key}\` |`);
