@@ -386,7 +386,7 @@ const keySchemas = {
   "lxc.sshPublicKeys": z
     .array(str.regex(sshPublicKey, "an OpenSSH public key line such as 'ssh-ed25519 AAAA... you@host'"))
     .min(1, "at least one SSH public key (Pulumi logs in with its private half)"),
-  "lxc.sshUser": str.regex(/^[a-z_][a-z0-9_-]*$/, "a Unix user name"),
+  "lxc.sshUser": z.literal("root", "root: Proxmox installs lxc.sshPublicKeys for root only, so no other user could log in"),
   "lxc.sshPrivateKey": required("an OpenSSH private key, set with --secret").refine(
     (t) => /^-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(t.trim()),
     "an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY----- ...)",

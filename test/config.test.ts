@@ -165,6 +165,7 @@ describe("invalid configuration is rejected with the key named", () => {
     ["no sender domains", { "relay.allowedSenderDomains": [] }, "relay.allowedSenderDomains", /any domain/],
     ["upstream login without password", { "relay.upstreamUsername": "me@example.net" }, "relay.upstreamPassword", /--secret/],
     ["no SSH key", { "lxc.sshPublicKeys": [] }, "lxc.sshPublicKeys", /at least one/],
+    ["an SSH user Proxmox gives no key", { "lxc.sshUser": "deploy" }, "lxc.sshUser", /for root only/],
     ["VLAN out of range", { "lxc.vlan": 4095 }, "lxc.vlan", /at most 4094/],
     ["extra host not in the form", { "edge.extraHosts": ["pve2 126 10.30.0.26/24"] }, "edge.extraHosts[0]", /node=<proxmox node>,vmId=/],
     ["extra host reusing the container id", { "edge.extraHosts": ["node=pve2,vmId=9125,ipv4=10.30.0.26/24"] }, "edge.extraHosts[0]", /already used by homelab-smtp:lxc.vmId/],

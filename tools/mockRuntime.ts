@@ -60,7 +60,7 @@ function computedState(type: string, name: string, inputs: Record<string, any>):
       return { name: inputs.name ?? name };
     case "command:remote:Command":
       return { stdout: "", stderr: "" };
-    case "proxmoxve:CT/containerLegacy:ContainerLegacy":
+    case "proxmoxve:index/containerLegacy:ContainerLegacy":
       return { vmId: inputs.vmId, ipv4: {}, ipv6: {} };
     case "proxmoxve:download/file:File":
       return { fileName: inputs.fileName, size: 1 };
