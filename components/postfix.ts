@@ -53,6 +53,7 @@ function identity(config: HomelabConfig): Record<string, string> {
   return {
     compatibility_level: "3.6",
     myhostname: config.relay.hostname,
+    inet_interfaces: "all",
     // Mail for the relay's own names is relayed like any other: nothing is delivered here.
     mydestination: "",
     relay_domains: "",
@@ -172,13 +173,15 @@ function service(name: string, flags: Partial<Flags>, command: string, options: 
   };
 }
 
-/** The listeners clients reach through Traefik, and the loopback one for the healthcheck. */
+/**
+ * The listeners clients reach through Traefik, and the loopback one for the healthcheck. They
+ * keep smtpd's default syslog name, which the metrics exporter's log parser expects.
+ */
 function listeners(): MasterService[] {
   const inet = { type: "inet", private: "n" } as const;
   return [
     // Traefik passes port 587 through; Postfix does STARTTLS and allows AUTH only after it.
     service(String(RELAY_LISTENERS.submission), inet, "smtpd", {
-      syslog_name: "postfix/submission",
       smtpd_upstream_proxy_protocol: "haproxy",
       smtpd_tls_security_level: "encrypt",
       smtpd_tls_auth_only: "yes",
@@ -186,13 +189,12 @@ function listeners(): MasterService[] {
     // Limitation: Traefik terminates the implicit TLS of port 465, so the hop from Traefik to
     // this listener, inside the Docker network, carries logins and mail in plaintext.
     service(String(RELAY_LISTENERS.smtps), inet, "smtpd", {
-      syslog_name: "postfix/smtps",
       smtpd_upstream_proxy_protocol: "haproxy",
       smtpd_tls_security_level: "none",
       smtpd_tls_auth_only: "no",
     }),
     // No PROXY header here: the container's own healthcheck connects directly.
-    service(`127.0.0.1:${RELAY_LISTENERS.local}`, inet, "smtpd", { syslog_name: "postfix/local" }),
+    service(`127.0.0.1:${RELAY_LISTENERS.local}`, inet, "smtpd"),
   ];
 }
 
