@@ -1,0 +1,112 @@
+/**
+ * The policy pack against what the real program registers: the whole stack is built under the
+ * mock runtime for each example stack file, its Docker containers are handed to the policies
+ * as the policy SDK would hand them, and the pack must pass the stack files as written and
+ * catch a production stack switched to the staging CA.
+ */
+import type { ReportViolation } from "@pulumi/policy";
+import { describe, expect, it, vi } from "vitest";
+
+import { HomelabSmtp } from "../components/homelab";
+import { RATE_LIMIT_MIDDLEWARE, ROLE_LABEL } from "../components/names";
+import { ACME_CA, PROJECT, loadStackFile, parseConfig, type ConfigSource } from "../config";
+import { registeredResources, settled, unwrapSecrets, type Registered } from "../test/mocks";
+import { policies, productionRealCa } from "./policies";
+import { CONTAINER_TYPE } from "./rules";
+
+let builds = 0;
+
+/** Builds the program for `stack` (optionally with changed keys); returns its containers. */
+async function containersOf(stack: string, changes: Record<string, string> = {}) {
+  const source = loadStackFile(stack);
+  const values = new Map(source.values);
+  for (const [key, text] of Object.entries(changes)) values.set(key, { text, secret: false });
+  const config = parseConfig({ ...source, values } satisfies ConfigSource, {
+    allowUnsetSecrets: true,
+  });
+
+  const name = `policy-${stack}-${++builds}`;
+  new HomelabSmtp(name, { config });
+  await settled();
+  const ours = (r: Registered) => r.type === CONTAINER_TYPE && r.name.startsWith(`${name}-`);
+  const containers = registeredResources().filter(ours);
+  const roles = containers
+    .flatMap((c) => c.inputs.labels ?? [])
+    .filter((l: any) => l.label === ROLE_LABEL);
+  expect(roles.map((l: any) => l.value).sort(), "the containers the rules are about").toEqual([
+    "edge",
+    "relay",
+    "relay-metrics",
+  ]);
+
+  // The mock runtime names every URN after the stack it was set up for; the engine uses the real one.
+  return containers.map((r) => ({
+    type: r.type,
+    name: r.name,
+    urn: `urn:pulumi:${stack}::${PROJECT}::${r.type}::${r.name}`,
+    props: unwrapSecrets(r.inputs) as Record<string, unknown>,
+  }));
+}
+
+type Container = Awaited<ReturnType<typeof containersOf>>[number];
+
+async function violations(containers: Container[]) {
+  const found: string[] = [];
+  const report: ReportViolation = (message) => void found.push(message);
+  for (const policy of policies) {
+    if ("validateStack" in policy) {
+      const resources = containers.map((c) => ({
+        ...c,
+        dependencies: [],
+        propertyDependencies: {},
+      }));
+      await policy.validateStack({ resources, stackTags: new Map() } as never, report);
+      continue;
+    }
+    for (const container of containers) {
+      for (const validate of [policy.validateResource ?? []].flat()) {
+        await validate({ ...container, stackTags: new Map() } as never, report);
+      }
+    }
+  }
+  return found;
+}
+
+describe("the policy pack on the program", () => {
+  it.each(["dev", "prod"])("passes the %s stack as written", async (stack) => {
+    const containers = await containersOf(stack);
+    expect(await violations(containers)).toEqual([]);
+  });
+
+  it("fails prod switched to the staging CA", async () => {
+    const containers = await containersOf("prod", { "acme.staging": "true" });
+    const found = await violations(containers);
+    expect(found).toEqual([expect.stringContaining(ACME_CA.staging)]);
+
+    const spy = vi.fn<ReportViolation>();
+    for (const c of containers) {
+      await [productionRealCa.validateResource ?? []].flat()[0]({ ...c } as never, spy);
+    }
+    expect(spy).toHaveBeenCalledTimes(1);
+  });
+
+  it("fails when the rate limiter is taken off the program's HTTP routers", async () => {
+    const containers = await containersOf("prod");
+    const routerMiddlewares = /^traefik\.http\.routers\.[^.]+\.middlewares$/i;
+    let routers = 0;
+    const stripped = containers.map((c) => {
+      const labels = (c.props.labels as { label: string; value: string }[]).map((l) => {
+        if (!routerMiddlewares.test(l.label)) return l;
+        routers++;
+        const rest = l.value.split(",").filter((m) => !m.startsWith(RATE_LIMIT_MIDDLEWARE));
+        return { ...l, value: rest.join(",") };
+      });
+      return { ...c, props: { ...c.props, labels } };
+    });
+
+    expect(routers, "the program labels HTTP routers").toBeGreaterThan(0);
+    const found = await violations(stripped);
+    expect(found).toHaveLength(routers);
+    for (const message of found) expect(message).toMatch(/has no middlewares|first/);
+  });
+});
