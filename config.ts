@@ -121,6 +121,8 @@ export interface HomelabConfig {
     ports: { web: number; websecure: number; smtps: number; submission: number };
     trustedProxies: readonly string[];
     smtpAllowList: readonly string[];
+    /** Who may read the relay's metrics over HTTPS. */
+    metricsAllowList: readonly string[];
     logLevel: string;
   };
   acme: { email: string; staging: boolean; caServer: string; challenge: AcmeChallenge };
@@ -400,6 +402,7 @@ const keySchemas = {
   "traefik.submissionPort": port,
   "traefik.trustedProxies": addressList,
   "traefik.smtpAllowList": addressList.min(1, "at least one CIDR (Traefik rejects an empty ipAllowList, and nobody could send)"),
+  "traefik.metricsAllowList": addressList.min(1, "at least one CIDR (Traefik rejects an empty ipAllowList)"),
   "traefik.logLevel": z.enum(["DEBUG", "INFO", "WARN", "ERROR"], "DEBUG, INFO, WARN or ERROR"),
 
   "acme.email": required("the Let's Encrypt account e-mail").regex(/^[^\s@]+@[^\s@]+\.[^\s@]+$/, "an e-mail address"),
@@ -963,6 +966,7 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
       },
       trustedProxies: v["traefik.trustedProxies"],
       smtpAllowList: v["traefik.smtpAllowList"],
+      metricsAllowList: v["traefik.metricsAllowList"],
       logLevel: v["traefik.logLevel"],
     },
     acme: {
