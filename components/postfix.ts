@@ -76,7 +76,7 @@ function clientAccess(config: HomelabConfig): Record<string, string> {
     mynetworks: LOOPBACK.join(" "),
     smtpd_sasl_auth_enable: "yes",
     smtpd_sasl_type: "cyrus",
-    // Logins without a domain are looked up in sasldb under the relay's domain, as the image stores them.
+    // Logins without a domain are looked up under the relay's domain, where the image stores them.
     smtpd_sasl_local_domain: "$mydomain",
     smtpd_sasl_security_options: "noanonymous",
     // Login names stay out of the Received: headers the recipients see; the log has them.
@@ -157,8 +157,13 @@ function serverTls(): Record<string, string> {
 
 type Flags = Pick<MasterService, "type" | "private" | "unpriv" | "chroot" | "wakeup" | "maxproc">;
 
-/** A service with the usual flags; `chroot: "n"` everywhere since a chroot would hide /etc/sasldb2. */
-function service(name: string, flags: Partial<Flags>, command: string, options: Record<string, string> = {}): MasterService {
+/** A service with the usual flags; never chrooted, since a chroot would hide /etc/sasldb2. */
+function service(
+  name: string,
+  flags: Partial<Flags>,
+  command: string,
+  options: Record<string, string> = {},
+): MasterService {
   return {
     service: name,
     type: "unix",
@@ -240,7 +245,8 @@ const HEADER = [
 ];
 
 function checkValue(where: string, value: string): void {
-  if (/[\r\n]/.test(value)) throw new Error(`${where}: a Postfix value must be one line, found ${JSON.stringify(value)}`);
+  if (/[\r\n]/.test(value))
+    throw new Error(`${where}: a Postfix value must be one line, found ${JSON.stringify(value)}`);
 }
 
 /** main.cf: one `name = value` line per parameter, sorted by name. */
@@ -261,10 +267,22 @@ function optionLine(name: string, value: string): string {
 
 /** master.cf: every service on one line, columns aligned, its options below it. */
 export function renderMasterCf(settings: PostfixSettings): string {
-  const columns = ["service", "type", "private", "unpriv", "chroot", "wakeup", "maxproc", "command"] as const;
+  const columns = [
+    "service",
+    "type",
+    "private",
+    "unpriv",
+    "chroot",
+    "wakeup",
+    "maxproc",
+    "command",
+  ] as const;
   const rows = settings.master.map((s) => columns.map((c) => s[c]));
-  const widths = columns.map((c, i) => Math.max(c.length + (i === 0 ? 2 : 0), ...rows.map((r) => r[i].length)));
-  const pad = (cells: readonly string[]) => cells.map((cell, i) => (i < cells.length - 1 ? cell.padEnd(widths[i]) : cell)).join(" ");
+  const widths = columns.map((c, i) =>
+    Math.max(c.length + (i === 0 ? 2 : 0), ...rows.map((r) => r[i].length)),
+  );
+  const pad = (cells: readonly string[]) =>
+    cells.map((cell, i) => (i < cells.length - 1 ? cell.padEnd(widths[i]) : cell)).join(" ");
 
   const lines = [...HEADER, "#", pad(["# " + columns[0], ...columns.slice(1)])];
   settings.master.forEach((s, i) => {

@@ -12,12 +12,7 @@ import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
 import { RELAY_LISTENERS, ROLE_LABEL, type Role } from "./names";
-import {
-  postfixSettings,
-  renderMainCf,
-  renderMasterCf,
-  type PostfixSettings,
-} from "./postfix";
+import { postfixSettings, renderMainCf, renderMasterCf, type PostfixSettings } from "./postfix";
 
 export interface RelayArgs {
   /** The parsed and validated stack configuration. */
@@ -81,14 +76,18 @@ export function relaySecretEnvironment(config: HomelabConfig): pulumi.Output<str
     : [logins];
 }
 
-/** Where the init script finds its input and leaves its marks (the defaults are the container's). */
+/** Where the init script finds its input and leaves its marks (by default, the container's). */
 export interface InitPaths {
   configDir: string;
   marker: string;
   maillogDir: string;
 }
 
-const CONTAINER_PATHS: InitPaths = { configDir: CONFIG_DIR, marker: APPLIED_MARKER, maillogDir: MAIL_LOG_DIR };
+const CONTAINER_PATHS: InitPaths = {
+  configDir: CONFIG_DIR,
+  marker: APPLIED_MARKER,
+  maillogDir: MAIL_LOG_DIR,
+};
 
 /**
  * The init script the image runs last: applies the rendered files and makes the STARTTLS
@@ -123,7 +122,7 @@ touch '${paths.marker}'
 `;
 }
 
-/** rsyslog drop-in: Postfix's log also goes, in classic syslog format, to the file the exporter reads. */
+/** rsyslog drop-in: Postfix's log also goes, in classic syslog format, to the exporter's file. */
 // Limitation: relies on the image's rsyslog.conf including /etc/rsyslog.d/*.conf (its Helm chart
 // documents that); if a release drops the include, only the exporter's log metrics go blank.
 export function maillogRsyslogConf(): string {
@@ -153,7 +152,8 @@ export function relayUploads(settings: PostfixSettings): { file: string; content
  */
 export function relayHealthcheck(): docker.types.input.ContainerHealthcheck {
   // One command at a time: Postfix may drop clients that pipeline before the greeting.
-  const smtp = `{ sleep 1; printf 'EHLO healthcheck\\r\\n'; sleep 1; printf 'QUIT\\r\\n'; } | nc -w 5 127.0.0.1 ${RELAY_LISTENERS.local}`;
+  const say = `sleep 1; printf 'EHLO healthcheck\\r\\n'; sleep 1; printf 'QUIT\\r\\n'`;
+  const smtp = `{ ${say}; } | nc -w 5 127.0.0.1 ${RELAY_LISTENERS.local}`;
   return {
     tests: ["CMD-SHELL", `test -f ${APPLIED_MARKER} && ${smtp} | grep -q '^250 '`],
     interval: "30s",
@@ -164,13 +164,16 @@ export function relayHealthcheck(): docker.types.input.ContainerHealthcheck {
 }
 
 /** Docker's label list: the caller's labels plus the role, sorted for a stable diff. */
-export function containerLabels(labels: Readonly<Record<string, string>>, role: Role): docker.types.input.ContainerLabel[] {
+export function containerLabels(
+  labels: Readonly<Record<string, string>>,
+  role: Role,
+): docker.types.input.ContainerLabel[] {
   return Object.entries({ ...labels, [ROLE_LABEL]: role })
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([label, value]) => ({ label, value }));
 }
 
-/** The exporter's flags: showq through the shared spool, the log through the shared log directory. */
+/** The exporter's flags: showq through the shared spool, the log through the shared directory. */
 export function exporterCommand(): string[] {
   return [
     `--web.listen-address=:${RELAY_LISTENERS.metrics}`,
@@ -195,8 +198,16 @@ export class Relay extends pulumi.ComponentResource {
     const child = { parent: this, provider: args.dockerProvider };
     this.settings = postfixSettings(config);
 
-    const relayImage = new docker.RemoteImage(`${name}-image`, { name: config.relay.image, keepLocally: true }, child);
-    const exporterImage = new docker.RemoteImage(`${name}-exporter-image`, { name: EXPORTER_IMAGE, keepLocally: true }, child);
+    const relayImage = new docker.RemoteImage(
+      `${name}-image`,
+      { name: config.relay.image, keepLocally: true },
+      child,
+    );
+    const exporterImage = new docker.RemoteImage(
+      `${name}-exporter-image`,
+      { name: EXPORTER_IMAGE, keepLocally: true },
+      child,
+    );
     const spool = new docker.Volume(`${name}-spool`, { name: `${name}-spool` }, child);
     const maillog = new docker.Volume(`${name}-maillog`, { name: `${name}-maillog` }, child);
 
@@ -243,6 +254,10 @@ export class Relay extends pulumi.ComponentResource {
       child,
     );
 
-    this.registerOutputs({ container: this.container, metrics: this.metrics, settings: this.settings });
+    this.registerOutputs({
+      container: this.container,
+      metrics: this.metrics,
+      settings: this.settings,
+    });
   }
 }

@@ -10,19 +10,36 @@ import * as docker from "@pulumi/docker";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigSource, HomelabConfig, RawValue, loadStackFile, parseConfig } from "../config";
 import { RELAY_LISTENERS, ROLE_LABEL } from "../components/names";
-import { postfixSettings, renderMainCf, renderMasterCf, type PostfixSettings } from "../components/postfix";
+import {
+  postfixSettings,
+  renderMainCf,
+  renderMasterCf,
+  type PostfixSettings,
+} from "../components/postfix";
 import { CONFIG_DIR, INIT_DIR, Relay, initScript } from "../components/relay";
 import { relayLabels } from "../components/traefik";
-import { Registered, isSecretValue, registeredResources, settle, settled, unwrapSecrets } from "./mocks";
+import {
+  Registered,
+  isSecretValue,
+  registeredResources,
+  settle,
+  settled,
+  unwrapSecrets,
+} from "./mocks";
 
 const SECRETS: Record<string, string> = {
   "proxmox.credential": "pve-credential-leak-canary",
-  "lxc.sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary\n-----END OPENSSH PRIVATE KEY-----",
+  "lxc.sshPrivateKey":
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary\n-----END OPENSSH PRIVATE KEY-----",
   "relay.clientLogins": "alerts:alerts-password-leak-canary,backup:backup-password-leak-canary",
   "relay.upstreamPassword": "smarthost-password-leak-canary",
   "acme.dnsProviderToken": "dns-token-leak-canary",
 };
-const SECRET_TEXTS = ["alerts-password-leak-canary", "backup-password-leak-canary", SECRETS["relay.upstreamPassword"]];
+const SECRET_TEXTS = [
+  "alerts-password-leak-canary",
+  "backup-password-leak-canary",
+  SECRETS["relay.upstreamPassword"],
+];
 
 function stackConfig(stack: string): HomelabConfig {
   const source = loadStackFile(stack);
@@ -56,16 +73,25 @@ async function build(stack: string): Promise<Built> {
   const config = stackConfig(stack);
   const name = `${stack}-relay-${++builds}`;
   const dockerProvider = new docker.Provider(`${name}-docker`, { host: "ssh://root@127.0.0.1" });
-  const network = new docker.Network(`${name}-net`, { name: `${name}-net` }, { provider: dockerProvider });
+  const network = new docker.Network(
+    `${name}-net`,
+    { name: `${name}-net` },
+    { provider: dockerProvider },
+  );
   const labels = { ...relayLabels(config), "test.marker": name };
   const relay = new Relay(name, { config, dockerProvider, network, labels });
   await settle(relay.metrics.id);
   await settled();
 
-  const children = registeredResources().filter((r) => r.parent?.endsWith(`::${name}`) || r.name.startsWith(`${name}-`));
+  const children = registeredResources().filter(
+    (r) => r.parent?.endsWith(`::${name}`) || r.name.startsWith(`${name}-`),
+  );
   const container = (n: string) => {
     const found = children.find((r) => r.type === TYPES.container && r.name === n);
-    if (!found) throw new Error(`no container ${n}; got ${children.map((r) => `${r.type} ${r.name}`).join(", ")}`);
+    if (!found)
+      throw new Error(
+        `no container ${n}; got ${children.map((r) => `${r.type} ${r.name}`).join(", ")}`,
+      );
     return found.inputs;
   };
   return {
@@ -75,7 +101,9 @@ async function build(stack: string): Promise<Built> {
     labels,
     providerUrn: (await settle(dockerProvider.urn)).value,
     networkName: `${name}-net`,
-    children: children.filter((r) => r.type !== "pulumi:providers:docker" && r.type !== "docker:index/network:Network"),
+    children: children.filter(
+      (r) => r.type !== "pulumi:providers:docker" && r.type !== "docker:index/network:Network",
+    ),
     relayInputs: container(name),
     metricsInputs: container(`${name}-metrics`),
   };
@@ -88,14 +116,22 @@ beforeAll(async () => {
 });
 const get = (stack: string) => built.get(stack)!;
 
-const labelMap = (labels: { label: string; value: string }[]) => Object.fromEntries(labels.map((l) => [l.label, l.value]));
+const labelMap = (labels: { label: string; value: string }[]) =>
+  Object.fromEntries(labels.map((l) => [l.label, l.value]));
 
 describe.each(STACKS)("the relay component (%s)", (stack) => {
   it("registers its Docker resources through the given provider, as its children", () => {
     const b = get(stack);
     const dockerResources = b.children.filter((r) => r.type.startsWith("docker:"));
     expect(dockerResources.map((r) => r.type).sort()).toEqual(
-      [TYPES.container, TYPES.container, TYPES.image, TYPES.image, TYPES.volume, TYPES.volume].sort(),
+      [
+        TYPES.container,
+        TYPES.container,
+        TYPES.image,
+        TYPES.image,
+        TYPES.volume,
+        TYPES.volume,
+      ].sort(),
     );
     for (const r of dockerResources) {
       expect(r.provider?.startsWith(`${b.providerUrn}::`), `${r.type} ${r.name}`).toBe(true);
@@ -107,7 +143,9 @@ describe.each(STACKS)("the relay component (%s)", (stack) => {
     const b = get(stack);
     expect(b.relayInputs.ports).toBeUndefined();
     expect(b.metricsInputs.ports).toBeUndefined();
-    expect(b.relayInputs.networksAdvanced.map((n: { name: string }) => n.name)).toEqual([b.networkName]);
+    expect(b.relayInputs.networksAdvanced.map((n: { name: string }) => n.name)).toEqual([
+      b.networkName,
+    ]);
   });
 
   it("carries the caller's labels plus its role; the exporter carries its own role", () => {
@@ -120,11 +158,15 @@ describe.each(STACKS)("the relay component (%s)", (stack) => {
     const b = get(stack);
     const expected = postfixSettings(b.config);
     expect(b.relay.settings).toEqual(expected);
-    const uploads = Object.fromEntries(b.relayInputs.uploads.map((u: { file: string; content: string }) => [u.file, u]));
+    const uploads = Object.fromEntries(
+      b.relayInputs.uploads.map((u: { file: string; content: string }) => [u.file, u]),
+    );
     expect(uploads[`${CONFIG_DIR}/main.cf`].content).toBe(renderMainCf(expected));
     expect(uploads[`${CONFIG_DIR}/master.cf`].content).toBe(renderMasterCf(expected));
     // The image runs *.sh from its init directory; a non-executable one in a shell of its own.
-    const scripts = b.relayInputs.uploads.filter((u: { file: string }) => u.file.startsWith(`${INIT_DIR}/`));
+    const scripts = b.relayInputs.uploads.filter((u: { file: string }) =>
+      u.file.startsWith(`${INIT_DIR}/`),
+    );
     expect(scripts.map((u: { file: string }) => u.file)).toEqual([expect.stringMatching(/\.sh$/)]);
     expect(scripts[0].content).toBe(initScript());
     expect(scripts[0].executable).toBeFalsy();
@@ -172,13 +214,17 @@ describe.each(STACKS)("the relay component (%s)", (stack) => {
     const b = get(stack);
     expect(b.metricsInputs.networkMode).toBe(`container:${b.name}-id`);
     expect(b.metricsInputs.command).toContain(`--web.listen-address=:${RELAY_LISTENERS.metrics}`);
-    const relayVolumes = new Map(b.relayInputs.volumes.map((v: any) => [v.volumeName, v.containerPath]));
+    const relayVolumes = new Map(
+      b.relayInputs.volumes.map((v: any) => [v.volumeName, v.containerPath]),
+    );
     expect(b.metricsInputs.volumes.length).toBeGreaterThan(0);
     for (const v of b.metricsInputs.volumes) {
       expect(relayVolumes.get(v.volumeName)).toBe(v.containerPath);
       expect(v.readOnly).toBe(true);
     }
-    const image = b.children.find((r) => r.type === TYPES.image && r.name === `${b.name}-exporter-image`)!;
+    const image = b.children.find(
+      (r) => r.type === TYPES.image && r.name === `${b.name}-exporter-image`,
+    )!;
     expect(image.inputs.name).toMatch(/:[0-9][\w.-]*$/);
   });
 });
@@ -205,7 +251,8 @@ function imageBaseline(dir: string): string {
 
 function runInit(settings: PostfixSettings, dir: string) {
   const paths = { configDir: `${dir}/upload`, marker: `${dir}/applied`, maillogDir: `${dir}/log` };
-  for (const sub of ["upload", "etc", "spool", "data"]) fs.mkdirSync(path.join(dir, sub), { recursive: true });
+  for (const sub of ["upload", "etc", "spool", "data"])
+    fs.mkdirSync(path.join(dir, sub), { recursive: true });
   fs.writeFileSync(`${dir}/upload/main.cf`, renderMainCf(settings));
   fs.writeFileSync(`${dir}/upload/master.cf`, renderMasterCf(settings));
   fs.writeFileSync(`${dir}/etc/main.cf`, imageBaseline(dir));
@@ -228,40 +275,59 @@ describe("the init script", () => {
     expect(run.status).toBe(0);
   });
 
-  it.each(STACKS)("%s: leaves Postfix with exactly the rendered parameters over the image's defaults", (stack) => {
-    const dir = fs.mkdtempSync(path.join(scratch, `${stack}-`));
-    const rendered = postfixSettings(stackConfig(stack));
-    // The certificate goes where the settings say; here, inside the scratch directory.
-    const settings = {
-      ...rendered,
-      main: { ...rendered.main, smtpd_tls_cert_file: `${dir}/tls/relay.crt`, smtpd_tls_key_file: `${dir}/tls/relay.key` },
-    };
-    const run = runInit(settings, dir);
-    expect(run.stderr).toBe("");
-    expect(run.status).toBe(0);
+  it.each(STACKS)(
+    "%s: leaves Postfix with exactly the rendered parameters over the image's defaults",
+    (stack) => {
+      const dir = fs.mkdtempSync(path.join(scratch, `${stack}-`));
+      const rendered = postfixSettings(stackConfig(stack));
+      // The certificate goes where the settings say; here, inside the scratch directory.
+      const settings = {
+        ...rendered,
+        main: {
+          ...rendered.main,
+          smtpd_tls_cert_file: `${dir}/tls/relay.crt`,
+          smtpd_tls_key_file: `${dir}/tls/relay.key`,
+        },
+      };
+      const run = runInit(settings, dir);
+      expect(run.stderr).toBe("");
+      expect(run.status).toBe(0);
 
-    const show = spawnSync("postconf", ["-c", `${dir}/etc`, ...Object.keys(settings.main)], { encoding: "utf8" });
-    const applied = Object.fromEntries(
-      show.stdout.trim().split("\n").map((l) => [l.slice(0, l.indexOf(" =")), l.slice(l.indexOf(" =") + 2).trim()]),
-    );
-    expect(applied).toEqual(settings.main);
-    expect(fs.readFileSync(`${dir}/etc/master.cf`, "utf8")).toBe(renderMasterCf(settings));
-    expect(fs.statSync(`${dir}/tls/relay.key`).mode & 0o077).toBe(0);
-    expect(fs.existsSync(run.paths.marker)).toBe(true);
-  });
+      const show = spawnSync("postconf", ["-c", `${dir}/etc`, ...Object.keys(settings.main)], {
+        encoding: "utf8",
+      });
+      const applied = Object.fromEntries(
+        show.stdout
+          .trim()
+          .split("\n")
+          .map((l) => [l.slice(0, l.indexOf(" =")), l.slice(l.indexOf(" =") + 2).trim()]),
+      );
+      expect(applied).toEqual(settings.main);
+      expect(fs.readFileSync(`${dir}/etc/master.cf`, "utf8")).toBe(renderMasterCf(settings));
+      expect(fs.statSync(`${dir}/tls/relay.key`).mode & 0o077).toBe(0);
+      expect(fs.existsSync(run.paths.marker)).toBe(true);
+    },
+  );
 
   it("fails, leaving no marker, when the configuration does not apply", () => {
     const dir = fs.mkdtempSync(path.join(scratch, "broken-"));
     const rendered = postfixSettings(stackConfig("dev"));
     const settings = {
       ...rendered,
-      main: { ...rendered.main, smtpd_tls_cert_file: `${dir}/tls/relay.crt`, smtpd_tls_key_file: `${dir}/tls/relay.key` },
+      main: {
+        ...rendered.main,
+        smtpd_tls_cert_file: `${dir}/tls/relay.crt`,
+        smtpd_tls_key_file: `${dir}/tls/relay.key`,
+      },
     };
     const run = runInit(settings, dir);
     expect(run.status).toBe(0);
     // A second start with a master.cf Postfix cannot read stops before the marker.
     fs.writeFileSync(`${dir}/upload/master.cf`, "smtpd inet n\n");
-    const again = spawnSync("bash", [`${dir}/init.sh`], { encoding: "utf8", env: { ...process.env, MAIL_CONFIG: `${dir}/etc` } });
+    const again = spawnSync("bash", [`${dir}/init.sh`], {
+      encoding: "utf8",
+      env: { ...process.env, MAIL_CONFIG: `${dir}/etc` },
+    });
     expect(again.status).not.toBe(0);
     expect(fs.existsSync(run.paths.marker)).toBe(false);
   });
