@@ -28,7 +28,7 @@ export interface RelayArgs {
 /** Where the rendered configuration is uploaded inside the relay container. */
 export const CONFIG_DIR = "/etc/homelab-smtp";
 
-/** Init scripts the image runs after its own setup; the older name works in every v5 release. */
+/** Init scripts the image runs after its own setup (the older name; newer releases still run it). */
 export const INIT_DIR = "/docker-init.db";
 
 /** Written by the init script once the settings are applied; the healthcheck requires it. */
@@ -67,7 +67,8 @@ export function relayEnvironment(config: HomelabConfig): string[] {
  * the smarthost password. Each entry stays a secret Output.
  */
 // Limitation: the image reads SMTPD_SASL_USERS only from its environment, so both values are
-// visible to `docker inspect` on the host (that is, to whoever holds the Docker socket).
+// visible to `docker inspect` on the host (that is, to whoever holds the Docker socket). The
+// image also expands the logins unquoted in its shell: a password with * ? [ may be mangled.
 export function relaySecretEnvironment(config: HomelabConfig): pulumi.Output<string>[] {
   const { password, username } = config.relay.upstream;
   const logins = pulumi.secret(pulumi.interpolate`SMTPD_SASL_USERS=${config.relay.clientLogins}`);
