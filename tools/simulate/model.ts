@@ -1,0 +1,524 @@
+/**
+ * What the edge and the relay do to a stream of requests and connections, replayed in
+ * simulated time:
+ *
+ * - HTTP entry points: Traefik v3's in-memory rateLimit middleware. One token bucket per
+ *   source (golang.org/x/time/rate semantics: a reservation may drive the tokens below
+ *   zero and the wait is the time to pay the deficit back), a request waits up to maxDelay
+ *   or gets 429, idle buckets are dropped after a TTL and at most 65536 are kept.
+ * - SMTP entry points: Traefik has no rateLimit there; inFlightConn caps simultaneous
+ *   connections per client, then Postfix's anvil counts connections, AUTH commands and
+ *   messages per client and window.
+ *
+ * Everything is pure and allocation-free per row: state lives in typed arrays indexed by
+ * small integers, and addresses are resolved once per distinct string.
+ */
+import type { SourceCriterion } from "../../config";
+import { ENTRY_POINTS } from "../../components/names";
+import { AddressSet, forwardedHeader, selectSource, smtpClient } from "./source";
+import { AUTH_FAIL, AUTH_NONE, type Traffic } from "./traffic";
+
+/** Traefik keeps at most this many buckets per rate limiter. */
+export const MAX_SOURCES = 65536;
+
+/** What happened to one request or connection. */
+export const Outcome = {
+  /** Forwarded at once. */
+  passed: 0,
+  /** Forwarded after waiting for its token (at most maxDelay). */
+  delayed: 1,
+  /** HTTP 429 from the rateLimit middleware. */
+  rateLimit: 2,
+  /** Connection closed by Traefik's inFlightConn. */
+  inFlightConn: 3,
+  /** 421 from the relay: too many simultaneous connections from the client. */
+  connectionCount: 4,
+  /** 421 from the relay: too many connections from the client in the window. */
+  connectionRate: 5,
+  /** 450 from the relay: too many AUTH commands in the window. */
+  authRate: 6,
+  /** 450 from the relay: too much mail in the window. */
+  messageRate: 7,
+  /** Got through every limit, but the login failed (535): not a limit at work. */
+  authFailed: 8,
+} as const;
+export type OutcomeCode = (typeof Outcome)[keyof typeof Outcome];
+export const OUTCOME_NAMES = Object.keys(Outcome) as (keyof typeof Outcome)[];
+
+/** Whether an outcome is a refusal by one of the limits. */
+export function isRejection(code: number): boolean {
+  return code >= Outcome.rateLimit && code <= Outcome.messageRate;
+}
+
+/** The entry points where connections are SMTP sessions rather than HTTP requests. */
+export const SMTP_ENTRY_POINTS: ReadonlySet<string> = new Set([ENTRY_POINTS.smtps, ENTRY_POINTS.submission]);
+
+// ---------------------------------------------------------------------------------------
+// HTTP: the rate limiter.
+
+/** The numbers Traefik derives from a rateLimit configuration. */
+export interface LimiterParameters {
+  /** Tokens per second; Infinity = no limit (average 0). */
+  rate: number;
+  /** Bucket size (burst below 1 counts as 1). */
+  burst: number;
+  /** Longest wait a request is held for instead of being refused, nanoseconds. */
+  maxDelayNs: number;
+  /** Seconds a bucket may stay unused before it is dropped. */
+  ttl: number;
+}
+
+export function limiterParameters(average: number, periodSeconds: number, burst: number): LimiterParameters {
+  const period = periodSeconds > 0 ? periodSeconds : 1;
+  const rate = average > 0 ? average / period : Infinity;
+  let maxDelayNs = 0;
+  if (average > 0) maxDelayNs = rate < 1 ? 500e6 : Math.trunc(1e9 / (2 * Math.trunc(rate)));
+  const ttl = rate >= 1 ? 2 : 1 + Math.trunc(1 / rate);
+  return { rate, burst: Math.max(1, Math.trunc(burst)), maxDelayNs, ttl };
+}
+
+/** Returned by {@link TokenBuckets.take} for a refused request. */
+export const REJECTED = -1;
+
+/**
+ * The buckets of one or more rate-limiter instances ("groups": Traefik keeps separate
+ * buckets per router). Buckets are linked in order of last use per group; since every use
+ * pushes the expiry to the same distance ahead, that order is also the expiry order
+ * Traefik evicts by when a group is full.
+ */
+export class TokenBuckets {
+  /** Buckets that expired while not full and came back full. */
+  ttlRefills = 0;
+  /** Live buckets pushed out because a group held MAX_SOURCES of them. */
+  evictions = 0;
+
+  private size = 0;
+  private tokens = new Float64Array(0);
+  private last = new Float64Array(0);
+  private expiry = new Float64Array(0);
+  private prev = new Int32Array(0);
+  private next = new Int32Array(0);
+  private group = new Int32Array(0);
+  private live = new Uint8Array(0);
+  private readonly head: number[] = [];
+  private readonly tail: number[] = [];
+  private readonly count: number[] = [];
+
+  constructor(
+    readonly limit: LimiterParameters,
+    private readonly capacity = MAX_SOURCES,
+  ) {}
+
+  /** A new bucket (not yet live) in a group; returns its id. */
+  add(group = 0): number {
+    if (this.size === this.tokens.length) this.grow(Math.max(64, this.size * 2));
+    while (this.head.length <= group) {
+      this.head.push(-1);
+      this.tail.push(-1);
+      this.count.push(0);
+    }
+    const id = this.size++;
+    this.group[id] = group;
+    return id;
+  }
+
+  /**
+   * One request on a bucket at time `now` (seconds, non-decreasing): the seconds it is
+   * held before being forwarded, or REJECTED.
+   */
+  take(id: number, now: number): number {
+    const { rate, burst, maxDelayNs, ttl } = this.limit;
+    if (rate === Infinity) return 0;
+
+    const second = Math.floor(now);
+    if (this.live[id] === 1 && this.expiry[id] <= second) {
+      if (this.refilled(id, now) < burst) this.ttlRefills++;
+      this.unlink(id);
+    }
+    if (this.live[id] === 0) this.open(id, now);
+    else this.touch(id);
+    // Traefik stores the bucket (and its expiry) before reserving, refused or not.
+    this.expiry[id] = second + ttl;
+
+    const available = this.refilled(id, now);
+    const after = available - 1;
+    const waitNs = after < 0 ? Math.trunc(1e9 * (-after / rate)) : 0;
+    if (now > this.last[id]) this.last[id] = now;
+    if (waitNs > maxDelayNs) {
+      // The reservation is cancelled at once: its token goes back, nothing else changes.
+      this.tokens[id] = available;
+      return REJECTED;
+    }
+    this.tokens[id] = after;
+    return waitNs / 1e9;
+  }
+
+  /** Tokens a bucket holds at `now`, refilled since its last use and capped at burst. */
+  private refilled(id: number, now: number): number {
+    const elapsed = now - this.last[id];
+    const tokens = elapsed > 0 ? this.tokens[id] + elapsed * this.limit.rate : this.tokens[id];
+    return tokens > this.limit.burst ? this.limit.burst : tokens;
+  }
+
+  private open(id: number, now: number): void {
+    const g = this.group[id];
+    while (this.count[g] >= this.capacity) {
+      const oldest = this.head[g];
+      if (this.expiry[oldest] > Math.floor(now)) this.evictions++;
+      this.unlink(oldest);
+    }
+    this.tokens[id] = this.limit.burst;
+    this.last[id] = now;
+    this.live[id] = 1;
+    this.count[g]++;
+    this.append(id);
+  }
+
+  private touch(id: number): void {
+    if (this.tail[this.group[id]] === id) return;
+    this.detach(id);
+    this.append(id);
+  }
+
+  private unlink(id: number): void {
+    this.detach(id);
+    this.live[id] = 0;
+    this.count[this.group[id]]--;
+  }
+
+  private append(id: number): void {
+    const g = this.group[id];
+    const tail = this.tail[g];
+    this.prev[id] = tail;
+    this.next[id] = -1;
+    if (tail >= 0) this.next[tail] = id;
+    else this.head[g] = id;
+    this.tail[g] = id;
+  }
+
+  private detach(id: number): void {
+    const g = this.group[id];
+    const before = this.prev[id];
+    const after = this.next[id];
+    if (before >= 0) this.next[before] = after;
+    else this.head[g] = after;
+    if (after >= 0) this.prev[after] = before;
+    else this.tail[g] = before;
+  }
+
+  private grow(capacity: number): void {
+    const widen = <A extends Float64Array | Int32Array | Uint8Array>(a: A, make: (n: number) => A): A => {
+      const wider = make(capacity);
+      wider.set(a as never);
+      return wider;
+    };
+    this.tokens = widen(this.tokens, (n) => new Float64Array(n));
+    this.last = widen(this.last, (n) => new Float64Array(n));
+    this.expiry = widen(this.expiry, (n) => new Float64Array(n));
+    this.prev = widen(this.prev, (n) => new Int32Array(n));
+    this.next = widen(this.next, (n) => new Int32Array(n));
+    this.group = widen(this.group, (n) => new Int32Array(n));
+    this.live = widen(this.live, (n) => new Uint8Array(n));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// SMTP: Traefik's inFlightConn, then the relay's anvil counters.
+
+export interface SmtpPolicy {
+  /** Traefik inFlightConn: simultaneous connections per client. */
+  inFlight: number;
+  /** How long an accepted connection stays open, seconds. */
+  connectionSeconds: number;
+  /** anvil_rate_time_unit, seconds. */
+  windowSeconds: number;
+  /** smtpd_client_connection_count_limit; 0 = off. */
+  connectionCount: number;
+  /** smtpd_client_connection_rate_limit per window; 0 = off. */
+  connectionRate: number;
+  /** smtpd_client_auth_rate_limit per window; 0 = off. */
+  authRate: number;
+  /** smtpd_client_message_rate_limit per window; 0 = off. */
+  messageRate: number;
+  /** Clients exempt from the relay's counters (smtpd_client_event_limit_exceptions). */
+  exempt: readonly string[];
+}
+
+/**
+ * Per-client connection state for the SMTP entry points. Each connection is one session:
+ * at most one AUTH command (when the row has one) and one message unless the login failed.
+ */
+export class SmtpGate {
+  private size = 0;
+  private exempt = new Uint8Array(0);
+  private open = new Int32Array(0);
+  private windowStart = new Float64Array(0);
+  private connections = new Int32Array(0);
+  private auths = new Int32Array(0);
+  private messages = new Int32Array(0);
+  // Open connections, a binary min-heap on closing time.
+  private heapSize = 0;
+  private heapEnd = new Float64Array(64);
+  private heapClient = new Int32Array(64);
+
+  constructor(readonly policy: SmtpPolicy) {}
+
+  add(exempt: boolean): number {
+    if (this.size === this.open.length) this.grow(Math.max(64, this.size * 2));
+    const id = this.size++;
+    this.exempt[id] = exempt ? 1 : 0;
+    this.windowStart[id] = -Infinity;
+    return id;
+  }
+
+  /** One connection from a client at `now` (non-decreasing); what became of it. */
+  connect(id: number, now: number, auth: number): OutcomeCode {
+    const p = this.policy;
+    this.closeUntil(now);
+    if (this.open[id] >= p.inFlight) return Outcome.inFlightConn;
+    if (this.exempt[id] === 1) {
+      this.hold(id, now);
+      return auth === AUTH_FAIL ? Outcome.authFailed : Outcome.passed;
+    }
+
+    // anvil works in whole seconds and restarts a client's window once it is over.
+    const second = Math.floor(now);
+    if (this.windowStart[id] + p.windowSeconds < second) {
+      this.windowStart[id] = second;
+      this.connections[id] = 0;
+      this.auths[id] = 0;
+      this.messages[id] = 0;
+    }
+    // The relay counts the connection before deciding, so refused ones use up the rate too.
+    const rate = ++this.connections[id];
+    if (p.connectionCount > 0 && this.open[id] + 1 > p.connectionCount) return Outcome.connectionCount;
+    if (p.connectionRate > 0 && rate > p.connectionRate) return Outcome.connectionRate;
+    this.hold(id, now);
+
+    if (auth !== AUTH_NONE) {
+      const auths = ++this.auths[id];
+      if (p.authRate > 0 && auths > p.authRate) return Outcome.authRate;
+      if (auth === AUTH_FAIL) return Outcome.authFailed;
+    }
+    const messages = ++this.messages[id];
+    if (p.messageRate > 0 && messages > p.messageRate) return Outcome.messageRate;
+    return Outcome.passed;
+  }
+
+  private hold(id: number, now: number): void {
+    this.open[id]++;
+    this.push(now + this.policy.connectionSeconds, id);
+  }
+
+  private closeUntil(now: number): void {
+    while (this.heapSize > 0 && this.heapEnd[0] <= now) {
+      this.open[this.heapClient[0]]--;
+      this.pop();
+    }
+  }
+
+  private push(end: number, client: number): void {
+    if (this.heapSize === this.heapEnd.length) {
+      const end2 = new Float64Array(this.heapSize * 2);
+      end2.set(this.heapEnd);
+      const client2 = new Int32Array(this.heapSize * 2);
+      client2.set(this.heapClient);
+      this.heapEnd = end2;
+      this.heapClient = client2;
+    }
+    let i = this.heapSize++;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (this.heapEnd[parent] <= end) break;
+      this.heapEnd[i] = this.heapEnd[parent];
+      this.heapClient[i] = this.heapClient[parent];
+      i = parent;
+    }
+    this.heapEnd[i] = end;
+    this.heapClient[i] = client;
+  }
+
+  private pop(): void {
+    const n = --this.heapSize;
+    const end = this.heapEnd[n];
+    const client = this.heapClient[n];
+    let i = 0;
+    for (;;) {
+      let child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && this.heapEnd[child + 1] < this.heapEnd[child]) child++;
+      if (this.heapEnd[child] >= end) break;
+      this.heapEnd[i] = this.heapEnd[child];
+      this.heapClient[i] = this.heapClient[child];
+      i = child;
+    }
+    this.heapEnd[i] = end;
+    this.heapClient[i] = client;
+  }
+
+  private grow(capacity: number): void {
+    const copy = <A extends Float64Array | Int32Array | Uint8Array>(a: A, wider: A): A => {
+      wider.set(a as never);
+      return wider;
+    };
+    this.exempt = copy(this.exempt, new Uint8Array(capacity));
+    this.open = copy(this.open, new Int32Array(capacity));
+    this.windowStart = copy(this.windowStart, new Float64Array(capacity));
+    this.connections = copy(this.connections, new Int32Array(capacity));
+    this.auths = copy(this.auths, new Int32Array(capacity));
+    this.messages = copy(this.messages, new Int32Array(capacity));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The replay.
+
+export interface HttpPolicy {
+  /** Middleware name; Traefik keys buckets "<middleware>:<source>". */
+  middleware: string;
+  average: number;
+  periodSeconds: number;
+  burst: number;
+  sourceCriterion: SourceCriterion;
+  /** ipStrategy.ipv6Subnet; this project does not set it. */
+  ipv6Subnet?: number;
+}
+
+export interface SimPolicy {
+  http: HttpPolicy;
+  smtp: SmtpPolicy;
+  /** forwardedHeaders.trustedIPs and proxyProtocol.trustedIPs of every entry point. */
+  trustedIPs: readonly string[];
+}
+
+/** Every row's fate, and the distinct sources (client addresses) it was counted against. */
+export interface Replay {
+  /** Per row: an {@link Outcome} code. */
+  outcome: Uint8Array;
+  /** Per row: index into `sources`. */
+  source: Int32Array;
+  /** Per row: seconds held by the rate limiter (0 unless delayed). */
+  wait: Float32Array;
+  /** Source addresses; "" is the shared bucket of requests with no usable address. */
+  sources: string[];
+  /** Per row: 1 when Traefik deleted the X-Forwarded-For header the peer sent. */
+  strippedForwardedFor: Uint8Array;
+  /** Rows that went through the HTTP rate limiter (the rest were SMTP connections). */
+  httpRows: number;
+  ttlRefills: number;
+  evictions: number;
+  limiter: LimiterParameters;
+}
+
+const SMTP = 1;
+
+/** Replays the traffic (sorted by time) against the policy. */
+export function replay(traffic: Traffic, policy: SimPolicy): Replay {
+  const n = traffic.length;
+  const { strings } = traffic;
+  const limiter = limiterParameters(policy.http.average, policy.http.periodSeconds, policy.http.burst);
+  const buckets = new TokenBuckets(limiter);
+  const gate = new SmtpGate(policy.smtp);
+  const trusted = new AddressSet(policy.trustedIPs);
+  const criterion = policy.http.sourceCriterion;
+  const excluded = criterion.kind === "excludedIPs" ? new AddressSet(criterion.excludedIPs) : undefined;
+  const exempt = new AddressSet(policy.smtp.exempt);
+
+  // Routers (HTTP) and entry points (SMTP) become small "lane" numbers.
+  const isSmtpEntry = new Uint8Array(strings.length);
+  strings.forEach((s, i) => (isSmtpEntry[i] = SMTP_ENTRY_POINTS.has(s) ? 1 : 0));
+  const laneOfName = [new Int32Array(strings.length).fill(-1), new Int32Array(strings.length).fill(-1)];
+  let laneCount = 0;
+  const laneOf = (kind: number, name: number) => {
+    const lanes = laneOfName[kind];
+    if (lanes[name] < 0) lanes[name] = laneCount++;
+    return lanes[name];
+  };
+  const width = strings.length + 1;
+  if (width * width * 64 > Number.MAX_SAFE_INTEGER) {
+    // Limitation: row keys are packed into one double; past ~10^7 distinct strings they would collide.
+    throw new Error(`too many distinct addresses (${strings.length}) for one replay`);
+  }
+
+  // A "slot" is a distinct (lane, peer, header) combination; it resolves to a source and
+  // to the bucket or SMTP client state that source uses in that lane.
+  const slotOf = new Map<number, number>();
+  const slotSource: number[] = [];
+  const slotTarget: number[] = [];
+  const slotStripped: number[] = [];
+  const sources: string[] = [];
+  const sourceIndex = new Map<string, number>();
+  const targets = new Map<string, number>();
+  const sourceId = (address: string) => {
+    let id = sourceIndex.get(address);
+    if (id === undefined) {
+      id = sources.length;
+      sources.push(address);
+      sourceIndex.set(address, id);
+    }
+    return id;
+  };
+  const resolve = (kind: number, lane: number, peer: number, extra: number): number => {
+    const remoteAddr = strings[peer];
+    const header = extra >= 0 ? strings[extra] : undefined;
+    let address: string;
+    let stripped = 0;
+    if (kind === SMTP) {
+      address = smtpClient(remoteAddr, header, trusted);
+    } else {
+      const seen = forwardedHeader(remoteAddr, header, trusted);
+      stripped = header !== undefined && seen === undefined ? 1 : 0;
+      address = selectSource(criterion, remoteAddr, seen, excluded, policy.http.ipv6Subnet);
+    }
+    const targetKey = `${kind}\u0000${lane}\u0000${address}`;
+    let target = targets.get(targetKey);
+    if (target === undefined) {
+      target = kind === SMTP ? gate.add(exempt.contains(address)) : buckets.add(lane);
+      targets.set(targetKey, target);
+    }
+    slotSource.push(sourceId(address));
+    slotTarget.push(target);
+    slotStripped.push(stripped);
+    return slotSource.length - 1;
+  };
+
+  const outcome = new Uint8Array(n);
+  const source = new Int32Array(n);
+  const wait = new Float32Array(n);
+  const strippedForwardedFor = new Uint8Array(n);
+  const { t, remoteAddr, xff, proxy, entryPoint, router, auth } = traffic;
+  let httpRows = 0;
+  for (let i = 0; i < n; i++) {
+    const kind = isSmtpEntry[entryPoint[i]] === 1 || auth[i] !== AUTH_NONE ? SMTP : 0;
+    const lane = laneOf(kind, kind === SMTP ? entryPoint[i] : router[i]);
+    const extra = kind === SMTP ? proxy[i] : xff[i];
+    const key = ((lane * width + remoteAddr[i]) * width + extra + 1) * 2 + kind;
+    let slot = slotOf.get(key);
+    if (slot === undefined) {
+      slot = resolve(kind, lane, remoteAddr[i], extra);
+      slotOf.set(key, slot);
+    }
+    source[i] = slotSource[slot];
+    strippedForwardedFor[i] = slotStripped[slot];
+    if (kind === SMTP) {
+      outcome[i] = gate.connect(slotTarget[slot], t[i], auth[i]);
+    } else {
+      httpRows++;
+      const held = buckets.take(slotTarget[slot], t[i]);
+      outcome[i] = held === REJECTED ? Outcome.rateLimit : held > 0 ? Outcome.delayed : Outcome.passed;
+      if (held > 0) wait[i] = held;
+    }
+  }
+
+  return {
+    outcome,
+    source,
+    wait,
+    sources,
+    strippedForwardedFor,
+    httpRows,
+    ttlRefills: buckets.ttlRefills,
+    evictions: buckets.evictions,
+    limiter,
+  };
+}
