@@ -3,9 +3,29 @@
  * the relay from components.
  */
 import * as pulumi from "@pulumi/pulumi";
-import { fromPulumiRuntime, parseConfig } from "./config";
+import { ConfigError, fromPulumiRuntime, HomelabConfig, PROJECT, parseConfig } from "./config";
+import { HomelabSmtp } from "./components/homelab";
 
-const config = parseConfig(fromPulumiRuntime());
+function readConfig(): HomelabConfig {
+  try {
+    return parseConfig(fromPulumiRuntime());
+  } catch (err) {
+    // A user's mistake: the problems, not a stack trace; nothing has been registered yet.
+    if (err instanceof ConfigError) throw new pulumi.RunError(err.message);
+    throw err;
+  }
+}
+
+const config = readConfig();
 for (const warning of config.warnings) pulumi.log.warn(warning);
 
-export const stack = config.stack;
+const smtp = new HomelabSmtp(PROJECT, { config });
+
+/** The Proxmox container id of the Docker host. */
+export const containerId = smtp.host.containerId;
+/** Where the edge answers: point the relay's DNS name here. */
+export const address = smtp.host.address;
+export const relayHostname = config.relay.hostname;
+/** Host ports of Traefik's entry points. */
+export const ports = config.traefik.ports;
+export const acmeCa = config.acme.caServer;
