@@ -16,7 +16,13 @@ const SIZES = [10_000, 100_000, 1_000_000];
 const RUNS = 5;
 
 const policy: SimPolicy = {
-  http: { middleware: "bench", average: 30, periodSeconds: 60, burst: 20, sourceCriterion: { kind: "remoteAddr" } },
+  http: {
+    middleware: "bench",
+    average: 30,
+    periodSeconds: 60,
+    burst: 20,
+    sourceCriterion: { kind: "remoteAddr" },
+  },
   smtp: {
     inFlight: 10,
     connectionSeconds: 2,
@@ -33,11 +39,19 @@ const policy: SimPolicy = {
 /** `n` HTTP requests, 1000 a second, from SOURCES addresses picked at random. */
 function traffic(n: number): Traffic {
   const random = seededRandom(n);
-  const addresses = Array.from({ length: SOURCES }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+  const addresses = Array.from(
+    { length: SOURCES },
+    (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
+  );
   const builder = new TrafficBuilder(n);
   for (let i = 0; i < n; i++) {
     const address = addresses[Math.floor(random() * SOURCES)];
-    builder.add({ t: i / 1000, remoteAddr: address, entryPoint: ENTRY_POINTS.websecure, router: ENTRY_POINTS.websecure });
+    builder.add({
+      t: i / 1000,
+      remoteAddr: address,
+      entryPoint: ENTRY_POINTS.websecure,
+      router: ENTRY_POINTS.websecure,
+    });
   }
   return builder.build();
 }
@@ -69,19 +83,19 @@ function best(run: () => unknown): number {
 const perSecond = (n: number, seconds: number) => `${(n / seconds / 1e6).toFixed(2)}M/s`;
 
 console.log(`Node ${process.version}, ${SOURCES} sources, best of ${RUNS} runs`);
-console.log("requests   replay        replay+summary  bare loop     replay/bare");
+const columns = [10, 18, 18, 12, 6];
+const row = (cells: string[]) => console.log(cells.map((c, i) => c.padEnd(columns[i])).join(" "));
+row(["requests", "replay", "replay+summary", "bare loop", "replay/bare"]);
 for (const n of SIZES) {
   const rows = traffic(n);
   const replayTime = best(() => replay(rows, policy));
   const fullTime = best(() => summarize(rows, replay(rows, policy), policy));
   const bareTime = best(() => bareLoop(rows));
-  console.log(
-    [
-      String(n).padEnd(9),
-      `${perSecond(n, replayTime)} (${(replayTime * 1000).toFixed(0)}ms)`.padEnd(13),
-      `${perSecond(n, fullTime)} (${(fullTime * 1000).toFixed(0)}ms)`.padEnd(15),
-      `${perSecond(n, bareTime)}`.padEnd(13),
-      (replayTime / bareTime).toFixed(1),
-    ].join(" "),
-  );
+  row([
+    String(n),
+    `${perSecond(n, replayTime)} (${(replayTime * 1000).toFixed(0)}ms)`,
+    `${perSecond(n, fullTime)} (${(fullTime * 1000).toFixed(0)}ms)`,
+    perSecond(n, bareTime),
+    (replayTime / bareTime).toFixed(1),
+  ]);
 }

@@ -13,7 +13,11 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), "simulate-cli-"));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function simulate(...args: string[]) {
-  const run = spawnSync("npx", ["tsx", "tools/simulate.ts", ...args], { cwd: PROJECT_DIR, encoding: "utf8", timeout: 60_000 });
+  const run = spawnSync("npx", ["tsx", "tools/simulate.ts", ...args], {
+    cwd: PROJECT_DIR,
+    encoding: "utf8",
+    timeout: 60_000,
+  });
   return { code: run.status, stdout: run.stdout, stderr: run.stderr };
 }
 
@@ -33,11 +37,20 @@ describe("npm run simulate", () => {
     const { code, stdout } = simulate("--input", file("burst.jsonl", rows), "--stack", "dev");
     expect(code).toBe(0);
     const line = stdout.split("\n").find((l) => l.startsWith("192.0.2.1"))!;
-    expect(line.split(/\s+/).slice(1, 5).map(Number)).toEqual([offered, dev.rateLimit.burst, 0, offered - dev.rateLimit.burst]);
+    expect(line.split(/\s+/).slice(1, 5).map(Number)).toEqual([
+      offered,
+      dev.rateLimit.burst,
+      0,
+      offered - dev.rateLimit.burst,
+    ]);
   });
 
   it("--input with bad lines: every problem with its line number, exit 1", () => {
-    const bad = file("bad.jsonl", [{ t: 0, remoteAddr: "192.0.2.1" }, { t: 1 }, { t: 2, remoteAddr: "x" }]);
+    const bad = file("bad.jsonl", [
+      { t: 0, remoteAddr: "192.0.2.1" },
+      { t: 1 },
+      { t: 2, remoteAddr: "x" },
+    ]);
     const { code, stdout, stderr } = simulate("--input", bad, "--json");
     expect(code).toBe(1);
     expect(stdout).toBe("");
@@ -49,11 +62,32 @@ describe("npm run simulate", () => {
     const proxy = prod.traefik.trustedProxies[0];
     const at = (s: number) => new Date(Date.UTC(2026, 2, 1, 22, 0, s)).toISOString();
     const rows = [
-      { StartUTC: at(0), ClientHost: proxy, entryPointName: "websecure", "request_X-Forwarded-For": "198.51.100.1" },
-      { StartUTC: at(1), ClientHost: proxy, entryPointName: "websecure", "request_X-Forwarded-For": "198.51.100.2" },
-      { StartUTC: at(2), ClientHost: "203.0.113.5", entryPointName: "websecure", "request_X-Forwarded-For": "198.51.100.3" },
+      {
+        StartUTC: at(0),
+        ClientHost: proxy,
+        entryPointName: "websecure",
+        "request_X-Forwarded-For": "198.51.100.1",
+      },
+      {
+        StartUTC: at(1),
+        ClientHost: proxy,
+        entryPointName: "websecure",
+        "request_X-Forwarded-For": "198.51.100.2",
+      },
+      {
+        StartUTC: at(2),
+        ClientHost: "203.0.113.5",
+        entryPointName: "websecure",
+        "request_X-Forwarded-For": "198.51.100.3",
+      },
     ];
-    const { code, stdout } = simulate("--access-log", file("access.log", rows), "--stack", "prod", "--json");
+    const { code, stdout } = simulate(
+      "--access-log",
+      file("access.log", rows),
+      "--stack",
+      "prod",
+      "--json",
+    );
     expect(code).toBe(0);
     const result = JSON.parse(stdout);
     expect(Object.keys(result.sources).sort()).toEqual(["", "198.51.100.1", "198.51.100.2"]);
@@ -65,12 +99,29 @@ describe("npm run simulate", () => {
   it("--profile --json --chart: abusive traffic under the limit is flagged, and the chart is written", () => {
     const chart = path.join(dir, "chart.svg");
     const underLimit = `prober:rate=${dev.rateLimit.average / 2}/m,duration=10m`;
-    const { code, stdout } = simulate("--profile", underLimit, "--profile", "alerts:duration=10m", "--stack", "dev", "--json", "--chart", chart);
+    const { code, stdout } = simulate(
+      "--profile",
+      underLimit,
+      "--profile",
+      "alerts:duration=10m",
+      "--stack",
+      "dev",
+      "--json",
+      "--chart",
+      chart,
+    );
     expect(code).toBe(0);
     const result = JSON.parse(stdout);
-    expect(result.profiles.map((p: { legitimate: boolean }) => p.legitimate)).toEqual([false, true]);
+    expect(result.profiles.map((p: { legitimate: boolean }) => p.legitimate)).toEqual([
+      false,
+      true,
+    ]);
     expect(result.warnings.join("\n")).toContain(`profile ${underLimit} got through`);
-    const sum = (key: string) => Object.values(result.sources).reduce((n: number, s) => n + (s as Record<string, number>)[key], 0);
+    const sum = (key: string) =>
+      Object.values(result.sources).reduce(
+        (n: number, s) => n + (s as Record<string, number>)[key],
+        0,
+      );
     expect(sum("requests")).toBe(result.total);
     expect(sum("rejected")).toBe(result.rejected);
     expect(fs.readFileSync(chart, "utf8")).toMatch(/^<svg[\s\S]*offered[\s\S]*rejected/);

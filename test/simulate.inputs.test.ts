@@ -49,7 +49,7 @@ describe("JSON lines", () => {
     const { problems } = readJsonLines(bad);
     const lineNumbers = problems.map((p) => Number(p.slice(bad.length + 1).split(":")[0]));
     expect(lineNumbers).toEqual([2, 3, 4, 4, 5]);
-    expect(problems[0]).toContain("t: found \"soon\"");
+    expect(problems[0]).toContain('t: found "soon"');
     expect(problems[4]).toContain("remoteaddr: unknown field");
   });
 });
@@ -59,7 +59,14 @@ describe("Traefik access log", () => {
     const start = "2026-03-01T22:00:00.250000000Z";
     const { traffic, problems } = readAccessLog(
       file("access.log", [
-        JSON.stringify({ StartUTC: start, ClientAddr: "10.10.0.2:51234", ClientHost: "10.10.0.2", entryPointName: "websecure", RouterName: "api@docker", "request_X-Forwarded-For": "198.51.100.9" }),
+        JSON.stringify({
+          StartUTC: start,
+          ClientAddr: "10.10.0.2:51234",
+          ClientHost: "10.10.0.2",
+          entryPointName: "websecure",
+          RouterName: "api@docker",
+          "request_X-Forwarded-For": "198.51.100.9",
+        }),
         JSON.stringify({ StartUTC: "2026-03-01T22:00:01Z", ClientHost: "192.0.2.7" }),
         JSON.stringify({ StartUTC: "yesterday", ClientHost: "192.0.2.7" }),
         JSON.stringify({ StartUTC: "2026-03-01T22:00:02Z" }),
@@ -85,7 +92,9 @@ describe("Traefik access log", () => {
 describe("profiles", () => {
   const generate = (specs: string[], seed: number) => {
     const builder = new TrafficBuilder();
-    specs.forEach((spec, i) => generateProfile(builder, spec, parseProfile(spec).params, seed * 1000 + i));
+    specs.forEach((spec, i) =>
+      generateProfile(builder, spec, parseProfile(spec).params, seed * 1000 + i),
+    );
     return builder.build();
   };
 
@@ -97,10 +106,13 @@ describe("profiles", () => {
 
   it("mark each profile legitimate or abusive, and put the NAT'd clients behind one address", () => {
     const traffic = generate(Object.keys(PROFILES), 1);
-    expect(traffic.profiles.map((p) => [p.name, p.legitimate])).toEqual(Object.entries(PROFILES).map(([name, p]) => [name, p.legitimate]));
+    expect(traffic.profiles.map((p) => [p.name, p.legitimate])).toEqual(
+      Object.entries(PROFILES).map(([name, p]) => [name, p.legitimate]),
+    );
     const nat = traffic.profiles.findIndex((p) => p.name === "nat");
     const natPeers = new Set<number>();
-    for (let i = 0; i < traffic.length; i++) if (traffic.profile[i] === nat) natPeers.add(traffic.remoteAddr[i]);
+    for (let i = 0; i < traffic.length; i++)
+      if (traffic.profile[i] === nat) natPeers.add(traffic.remoteAddr[i]);
     expect(natPeers.size).toBe(1);
   });
 
@@ -111,11 +123,19 @@ describe("profiles", () => {
     const expected = params.rate * params.duration * params.clients;
     expect(traffic.length).toBeGreaterThan(expected * 0.85);
     expect(traffic.length).toBeLessThan(expected * 1.15);
-    expect(new Set(Array.from(traffic.remoteAddr, (i) => traffic.strings[i]))).toEqual(new Set([params.via]));
+    expect(new Set(Array.from(traffic.remoteAddr, (i) => traffic.strings[i]))).toEqual(
+      new Set([params.via]),
+    );
     expect(new Set(Array.from(traffic.xff, (i) => traffic.strings[i])).size).toBe(params.clients);
   });
 
-  it.each([["nosuch"], ["alerts:rate=fast"], ["alerts:clients=0"], ["alerts:colour=blue"], ["alerts:addr=300.1.1.1"]])("refuse %s", (spec) => {
+  it.each([
+    ["nosuch"],
+    ["alerts:rate=fast"],
+    ["alerts:clients=0"],
+    ["alerts:colour=blue"],
+    ["alerts:addr=300.1.1.1"],
+  ])("refuse %s", (spec) => {
     expect(() => parseProfile(spec)).toThrow(ProfileError);
   });
 });
@@ -125,7 +145,12 @@ describe("policy", () => {
     const config = parseConfig(loadStackFile("prod"), { allowUnsetSecrets: true });
     const policy = buildPolicy("prod");
     const r = config.rateLimit;
-    expect(policy.http).toMatchObject({ average: r.average, periodSeconds: r.periodSeconds, burst: r.burst, sourceCriterion: r.sourceCriterion });
+    expect(policy.http).toMatchObject({
+      average: r.average,
+      periodSeconds: r.periodSeconds,
+      burst: r.burst,
+      sourceCriterion: r.sourceCriterion,
+    });
     expect(policy.trustedIPs).toEqual(config.traefik.trustedProxies);
     expect(policy.smtp).toMatchObject({
       inFlight: r.inFlight,

@@ -17,8 +17,20 @@ import {
   type SmtpPolicy,
 } from "../tools/simulate/model";
 import { summarize } from "../tools/simulate/report";
-import { AddressSet, forwardedHeader, hostOf, selectSource, smtpClient } from "../tools/simulate/source";
-import { AUTH_FAIL, AUTH_NONE, AUTH_OK, TrafficBuilder, type TrafficEvent } from "../tools/simulate/traffic";
+import {
+  AddressSet,
+  forwardedHeader,
+  hostOf,
+  selectSource,
+  smtpClient,
+} from "../tools/simulate/source";
+import {
+  AUTH_FAIL,
+  AUTH_NONE,
+  AUTH_OK,
+  TrafficBuilder,
+  type TrafficEvent,
+} from "../tools/simulate/traffic";
 
 type LoadCase = (typeof table.load_cases)[number];
 
@@ -29,7 +41,9 @@ type LoadCase = (typeof table.load_cases)[number];
  * Each loop turn costs `turnSeconds`, as building a request and a recorder does in Go.
  */
 function traefikLoadTest(c: LoadCase, turnSeconds: number): number {
-  const buckets = new TokenBuckets(limiterParameters(c.config.average, c.config.period_s ?? 0, c.config.burst ?? 0));
+  const buckets = new TokenBuckets(
+    limiterParameters(c.config.average, c.config.period_s ?? 0, c.config.burst ?? 0),
+  );
   const bucket = buckets.add();
   const tick = Math.trunc(1e9 / c.incoming_load_rps) / 1e9;
   let now = 0;
@@ -63,15 +77,21 @@ describe("Traefik's rate-limiter test table", () => {
     }
   });
 
-  it.each(table.constructor_cases.filter((c) => "max_delay_us" in c.expected || "max_delay_ms" in c.expected).map((c) => [c.desc, c] as const))(
-    "%s",
-    (_, c) => {
-      const config = c.config as { average: number; period_s?: number; burst: number };
-      const expected = c.expected as { max_delay_us?: number; max_delay_ms?: number };
-      const wantNs = expected.max_delay_us !== undefined ? expected.max_delay_us * 1e3 : expected.max_delay_ms! * 1e6;
-      expect(limiterParameters(config.average, config.period_s ?? 0, config.burst).maxDelayNs).toBe(wantNs);
-    },
-  );
+  it.each(
+    table.constructor_cases
+      .filter((c) => "max_delay_us" in c.expected || "max_delay_ms" in c.expected)
+      .map((c) => [c.desc, c] as const),
+  )("%s", (_, c) => {
+    const config = c.config as { average: number; period_s?: number; burst: number };
+    const expected = c.expected as { max_delay_us?: number; max_delay_ms?: number };
+    const wantNs =
+      expected.max_delay_us !== undefined
+        ? expected.max_delay_us * 1e3
+        : expected.max_delay_ms! * 1e6;
+    expect(limiterParameters(config.average, config.period_s ?? 0, config.burst).maxDelayNs).toBe(
+      wantNs,
+    );
+  });
 
   it("average 0 means no limit: every request passes at once", () => {
     const buckets = new TokenBuckets(limiterParameters(0, 1, 1));
@@ -81,21 +101,32 @@ describe("Traefik's rate-limiter test table", () => {
 });
 
 describe("Traefik's ipStrategy table", () => {
-  const withXff = (depthOrPool: SourceCriterion, xff: string, subnet?: number) => selectSource(depthOrPool, "192.0.2.1:1234", xff, undefined, subnet);
+  const withXff = (depthOrPool: SourceCriterion, xff: string, subnet?: number) =>
+    selectSource(depthOrPool, "192.0.2.1:1234", xff, undefined, subnet);
 
   it.each(table.ip_strategy_cases.depth.map((c) => [c.desc, c] as const))("depth: %s", (_, c) => {
     const subnet = "ipv6_subnet" in c ? c.ipv6_subnet : undefined;
     expect(withXff({ kind: "depth", depth: c.depth }, c.x_forwarded_for, subnet)).toBe(c.expected);
   });
 
-  it.each(table.ip_strategy_cases.excluded_ips_pool.map((c) => [c.desc, c] as const))("excludedIPs: %s", (_, c) => {
-    expect(withXff({ kind: "excludedIPs", excludedIPs: c.excluded_ips }, c.x_forwarded_for)).toBe(c.expected);
-  });
+  it.each(table.ip_strategy_cases.excluded_ips_pool.map((c) => [c.desc, c] as const))(
+    "excludedIPs: %s",
+    (_, c) => {
+      expect(withXff({ kind: "excludedIPs", excludedIPs: c.excluded_ips }, c.x_forwarded_for)).toBe(
+        c.expected,
+      );
+    },
+  );
 
-  it.each(table.ip_strategy_cases.remote_addr.map((c) => [c.desc, c] as const))("remote address: %s", (_, c) => {
-    const subnet = "ipv6_subnet" in c ? c.ipv6_subnet : undefined;
-    expect(selectSource({ kind: "remoteAddr" }, c.remote_addr, undefined, undefined, subnet)).toBe(c.expected);
-  });
+  it.each(table.ip_strategy_cases.remote_addr.map((c) => [c.desc, c] as const))(
+    "remote address: %s",
+    (_, c) => {
+      const subnet = "ipv6_subnet" in c ? c.ipv6_subnet : undefined;
+      expect(
+        selectSource({ kind: "remoteAddr" }, c.remote_addr, undefined, undefined, subnet),
+      ).toBe(c.expected);
+    },
+  );
 });
 
 describe("token bucket", () => {
@@ -140,7 +171,9 @@ describe("token bucket", () => {
     };
     // Just before the TTL only what refilled (idle × rate, held up to maxDelay) gets through.
     const before = passedAt(slow.ttl - 0.001);
-    expect(before.passed).toBeLessThanOrEqual(Math.floor((slow.ttl - 0.001) * slow.rate + (slow.maxDelayNs / 1e9) * slow.rate) + 1);
+    expect(before.passed).toBeLessThanOrEqual(
+      Math.floor((slow.ttl - 0.001) * slow.rate + (slow.maxDelayNs / 1e9) * slow.rate) + 1,
+    );
     expect(before.refills).toBe(0);
     expect(passedAt(slow.ttl)).toEqual({ passed: slow.burst, refills: 1 });
     expect(limiterParameters(100, 1, 1).ttl).toBe(2);
@@ -160,7 +193,13 @@ describe("token bucket", () => {
 });
 
 const httpPolicy = (criterion: SourceCriterion, trustedIPs: string[], burst = 1): SimPolicy => ({
-  http: { middleware: "relay-ratelimit", average: 1, periodSeconds: 60, burst, sourceCriterion: criterion },
+  http: {
+    middleware: "relay-ratelimit",
+    average: 1,
+    periodSeconds: 60,
+    burst,
+    sourceCriterion: criterion,
+  },
   smtp: smtpPolicy({}),
   trustedIPs,
 });
@@ -182,7 +221,13 @@ function smtpPolicy(overrides: Partial<SmtpPolicy>): SmtpPolicy {
 function trafficOf(events: Partial<TrafficEvent>[]) {
   const builder = new TrafficBuilder();
   events.forEach((e, i) =>
-    builder.add({ t: i * 0.001, remoteAddr: "192.0.2.1", entryPoint: ENTRY_POINTS.websecure, router: ENTRY_POINTS.websecure, ...e }),
+    builder.add({
+      t: i * 0.001,
+      remoteAddr: "192.0.2.1",
+      entryPoint: ENTRY_POINTS.websecure,
+      router: ENTRY_POINTS.websecure,
+      ...e,
+    }),
   );
   return builder.build();
 }
@@ -218,17 +263,26 @@ describe("sources through forwardedHeaders and ipStrategy", () => {
     // burst 1: the two clients without a usable address share one bucket, so the second is refused.
     expect(Array.from(result.outcome)).toEqual([Outcome.passed, Outcome.rateLimit, Outcome.passed]);
     const summary = summarize(traffic, result, policy);
-    expect(summary.warnings.some((w) => w.includes("ONE bucket") && w.startsWith("2 of 3"))).toBe(true);
+    expect(summary.warnings.some((w) => w.includes("ONE bucket") && w.startsWith("2 of 3"))).toBe(
+      true,
+    );
   });
 
   it("takes the rightmost address outside excludedIPs CIDRs", () => {
-    const excluded = { kind: "excludedIPs", excludedIPs: ["10.10.0.0/24", "2001:db8:aa::/48"] } as const;
+    const excluded = {
+      kind: "excludedIPs",
+      excludedIPs: ["10.10.0.0/24", "2001:db8:aa::/48"],
+    } as const;
     const traffic = trafficOf([
       { remoteAddr: proxy, xff: "198.51.100.1, 10.10.0.3, 10.10.0.7" },
       { remoteAddr: proxy, xff: "2001:db8:bb::1, 2001:db8:aa::5" },
       { remoteAddr: proxy, xff: "10.10.0.3" },
     ]);
-    expect(replay(traffic, httpPolicy(excluded, [proxy])).sources).toEqual(["198.51.100.1", "2001:db8:bb::1", ""]);
+    expect(replay(traffic, httpPolicy(excluded, [proxy])).sources).toEqual([
+      "198.51.100.1",
+      "2001:db8:bb::1",
+      "",
+    ]);
   });
 
   it("keeps buckets apart per router, as Traefik does in memory", () => {
@@ -259,21 +313,29 @@ describe("SMTP: inFlightConn and the relay's anvil limits", () => {
   });
 
   it.each([
-    ["connection count", { connectionCount: 2, connectionSeconds: 100 }, AUTH_NONE, Outcome.connectionCount],
+    [
+      "connection count",
+      { connectionCount: 2, connectionSeconds: 100 },
+      AUTH_NONE,
+      Outcome.connectionCount,
+    ],
     ["connection rate", { connectionRate: 2 }, AUTH_NONE, Outcome.connectionRate],
     ["AUTH rate", { authRate: 2 }, AUTH_OK, Outcome.authRate],
     ["message rate", { messageRate: 2 }, AUTH_OK, Outcome.messageRate],
-  ] as const)("%s: the limit's worth per window, then refusals, then a new window", (_, limits, auth, refusal) => {
-    const policy = smtpPolicy({ connectionSeconds: 0.5, ...limits });
-    const gate = new SmtpGate(policy);
-    const client = gate.add(false);
-    const outcomes = [0, 1, 2, 3].map((t) => gate.connect(client, t, auth));
-    expect(outcomes).toEqual([Outcome.passed, Outcome.passed, refusal, refusal]);
-    // anvil restarts a window once it is over (whole seconds, strictly after start + window).
-    if (refusal !== Outcome.connectionCount) {
-      expect(gate.connect(client, policy.windowSeconds + 1, auth)).toBe(Outcome.passed);
-    }
-  });
+  ] as const)(
+    "%s: the limit's worth per window, then refusals, then a new window",
+    (_, limits, auth, refusal) => {
+      const policy = smtpPolicy({ connectionSeconds: 0.5, ...limits });
+      const gate = new SmtpGate(policy);
+      const client = gate.add(false);
+      const outcomes = [0, 1, 2, 3].map((t) => gate.connect(client, t, auth));
+      expect(outcomes).toEqual([Outcome.passed, Outcome.passed, refusal, refusal]);
+      // anvil restarts a window once it is over (whole seconds, strictly after start + window).
+      if (refusal !== Outcome.connectionCount) {
+        expect(gate.connect(client, policy.windowSeconds + 1, auth)).toBe(Outcome.passed);
+      }
+    },
+  );
 
   it("counts every AUTH, failed ones too, and a failed login sends no message", () => {
     const gate = new SmtpGate(smtpPolicy({ authRate: 2, messageRate: 1 }));
@@ -284,9 +346,15 @@ describe("SMTP: inFlightConn and the relay's anvil limits", () => {
   });
 
   it("exempts the operator's senders from the relay's counters, not from inFlightConn", () => {
-    const gate = new SmtpGate(smtpPolicy({ inFlight: 1, connectionRate: 1, connectionSeconds: 0.5 }));
+    const gate = new SmtpGate(
+      smtpPolicy({ inFlight: 1, connectionRate: 1, connectionSeconds: 0.5 }),
+    );
     const client = gate.add(true);
-    expect([0, 1, 2].map((t) => gate.connect(client, t, AUTH_OK))).toEqual([Outcome.passed, Outcome.passed, Outcome.passed]);
+    expect([0, 1, 2].map((t) => gate.connect(client, t, AUTH_OK))).toEqual([
+      Outcome.passed,
+      Outcome.passed,
+      Outcome.passed,
+    ]);
     expect(gate.connect(client, 2.1, AUTH_OK)).toBe(Outcome.inFlightConn);
   });
 
@@ -295,12 +363,23 @@ describe("SMTP: inFlightConn and the relay's anvil limits", () => {
     expect(smtpClient("10.10.0.2:5000", "198.51.100.1", trusted)).toBe("198.51.100.1");
     expect(smtpClient("203.0.113.5:5000", "198.51.100.1", trusted)).toBe("203.0.113.5");
 
-    const policy: SimPolicy = { ...httpPolicy({ kind: "remoteAddr" }, ["10.10.0.2"]), smtp: smtpPolicy({ connectionRate: 1 }) };
+    const policy: SimPolicy = {
+      ...httpPolicy({ kind: "remoteAddr" }, ["10.10.0.2"]),
+      smtp: smtpPolicy({ connectionRate: 1 }),
+    };
     const traffic = trafficOf(
-      ["198.51.100.1", "198.51.100.2", "198.51.100.1"].map((client) => ({ remoteAddr: "10.10.0.2", proxy: client, entryPoint: ENTRY_POINTS.submission })),
+      ["198.51.100.1", "198.51.100.2", "198.51.100.1"].map((client) => ({
+        remoteAddr: "10.10.0.2",
+        proxy: client,
+        entryPoint: ENTRY_POINTS.submission,
+      })),
     );
     const result = replay(traffic, policy);
     expect(result.sources).toEqual(["198.51.100.1", "198.51.100.2"]);
-    expect(Array.from(result.outcome)).toEqual([Outcome.passed, Outcome.passed, Outcome.connectionRate]);
+    expect(Array.from(result.outcome)).toEqual([
+      Outcome.passed,
+      Outcome.passed,
+      Outcome.connectionRate,
+    ]);
   });
 });

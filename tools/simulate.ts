@@ -5,7 +5,13 @@
  * mistakes, before `pulumi up`.
  */
 import { Command, InvalidArgumentError, Option } from "commander";
-import { ConfigError, formatProblem, isAddressOrCidr, parseDuration, parsePostfixTime } from "../config";
+import {
+  ConfigError,
+  formatProblem,
+  isAddressOrCidr,
+  parseDuration,
+  parsePostfixTime,
+} from "../config";
 import { writeChart, chartData } from "./simulate/chart";
 import { readAccessLog, readJsonLines, type InputResult } from "./simulate/inputs";
 import { replay } from "./simulate/model";
@@ -39,39 +45,68 @@ interface Options {
 }
 
 const wholeNumber = (min: number) => (text: string) => {
-  if (!/^\d+$/.test(text) || Number(text) < min) throw new InvalidArgumentError(`expected a whole number, ${min} or more`);
+  if (!/^\d+$/.test(text) || Number(text) < min)
+    throw new InvalidArgumentError(`expected a whole number, ${min} or more`);
   return Number(text);
 };
 const duration = (text: string) => {
-  if ((parseDuration(text) ?? 0) <= 0) throw new InvalidArgumentError("expected a duration such as 1s, 1m or 1h30m");
+  if ((parseDuration(text) ?? 0) <= 0)
+    throw new InvalidArgumentError("expected a duration such as 1s, 1m or 1h30m");
   return text;
 };
 const postfixTime = (text: string) => {
-  if ((parsePostfixTime(text) ?? 0) < 1) throw new InvalidArgumentError("expected a Postfix time such as 60s or 1m");
+  if ((parsePostfixTime(text) ?? 0) < 1)
+    throw new InvalidArgumentError("expected a Postfix time such as 60s or 1m");
   return text;
 };
 const addressList = (text: string) => {
-  const entries = text.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const entries = text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
   const bad = entries.filter((e) => !isAddressOrCidr(e));
-  if (bad.length > 0) throw new InvalidArgumentError(`expected addresses or CIDRs separated by commas; not one: ${bad.join(", ")}`);
+  if (bad.length > 0)
+    throw new InvalidArgumentError(
+      `expected addresses or CIDRs separated by commas; not one: ${bad.join(", ")}`,
+    );
   return entries;
 };
 const address = (text: string) => {
-  if (!isAddressOrCidr(text) || text.includes("/")) throw new InvalidArgumentError("expected an IP address");
+  if (!isAddressOrCidr(text) || text.includes("/"))
+    throw new InvalidArgumentError("expected an IP address");
   return text;
 };
 
 function program(): Command {
   const profileHelp = Object.entries(PROFILES)
-    .map(([name, p]) => `  ${name.padEnd(11)} ${p.legitimate ? "legitimate" : "abusive   "}  ${p.summary}`)
+    .map(
+      ([name, p]) =>
+        `  ${name.padEnd(11)} ${p.legitimate ? "legitimate" : "abusive   "}  ${p.summary}`,
+    )
     .join("\n");
   return new Command("simulate")
-    .description("Replay traffic against the edge's rate-limit policy and the relay's per-client limits.")
-    .addOption(new Option("--input <file>", "JSON lines: {t, remoteAddr, xff?, proxy?, entryPoint?, auth?}").conflicts(["accessLog", "profile"]))
+    .description(
+      "Replay traffic against the edge's rate-limit policy and the relay's per-client limits.",
+    )
+    .addOption(
+      new Option(
+        "--input <file>",
+        "JSON lines: {t, remoteAddr, xff?, proxy?, entryPoint?, auth?}",
+      ).conflicts(["accessLog", "profile"]),
+    )
     .addOption(new Option("--access-log <file>", "Traefik JSON access log").conflicts(["profile"]))
-    .option("--profile <name[:k=v,...]>", "synthetic traffic, repeatable (see below)", (v: string, all: string[]) => [...all, v], [])
+    .option(
+      "--profile <name[:k=v,...]>",
+      "synthetic traffic, repeatable (see below)",
+      (v: string, all: string[]) => [...all, v],
+      [],
+    )
     .option("--seed <n>", "seed of the synthetic traffic", wholeNumber(0), 1)
-    .option("--via <ip>", "profile traffic arrives through this proxy (X-Forwarded-For / PROXY header carry the client)", address)
+    .option(
+      "--via <ip>",
+      "profile traffic arrives through this proxy (X-Forwarded-For / PROXY header carry the client)",
+      address,
+    )
     .option("--stack <name>", "policy of stacks/Pulumi.<name>.yaml (default: Pulumi.yaml defaults)")
     .option("--average <n>", "rateLimit.average", wholeNumber(0))
     .option("--period <duration>", "rateLimit.period", duration)
@@ -84,11 +119,18 @@ function program(): Command {
     .option("--auth-attempts <n>", "rateLimit.authAttempts", wholeNumber(0))
     .option("--messages <n>", "rateLimit.messages", wholeNumber(0))
     .option("--exempt <list>", "rateLimit.exempt, comma-separated", addressList)
-    .option("--connection-duration <duration>", "how long an SMTP session stays open (default 2s)", (t: string) => parseDuration(duration(t))!)
+    .option(
+      "--connection-duration <duration>",
+      "how long an SMTP session stays open (default 2s)",
+      (t: string) => parseDuration(duration(t))!,
+    )
     .option("--json", "print the result as JSON on stdout, nothing else")
     .option("--chart <file.svg>", "draw offered/passed/rejected over time (SVG, and PNG beside it)")
     .option("--top <n>", "sources shown in the table and the chart", wholeNumber(1), 10)
-    .addHelpText("after", `\nProfiles (parameters: rate, start, duration, clients, count, spread, addr, via, entry, auth):\n${profileHelp}\n\nExample:\n  npm run simulate -- --stack prod --profile alerts --profile bruteforce:rate=2/s --chart out/simulate/chart.svg`);
+    .addHelpText(
+      "after",
+      `\nProfiles (parameters: rate, start, duration, clients, count, spread, addr, via, entry, auth):\n${profileHelp}\n\nExample:\n  npm run simulate -- --stack prod --profile alerts --profile bruteforce:rate=2/s --chart out/simulate/chart.svg`,
+    );
 }
 
 function loadTraffic(o: Options): InputResult {
@@ -107,7 +149,9 @@ async function main(argv: string[]): Promise<number> {
   command.parse(argv);
   const o = command.opts<Options>();
   if (!o.input && !o.accessLog && o.profile.length === 0) {
-    command.error("error: give traffic: --input FILE.jsonl, --access-log FILE, or one or more --profile NAME");
+    command.error(
+      "error: give traffic: --input FILE.jsonl, --access-log FILE, or one or more --profile NAME",
+    );
   }
 
   const overrides: PolicyOverrides = {
@@ -139,7 +183,9 @@ async function main(argv: string[]): Promise<number> {
     const files = await writeChart(o.chart, chartData(traffic, result, Math.min(o.top, 8)), title);
     if (!o.json) console.error(`chart: ${files.svg}, ${files.png}`);
   }
-  console.log(o.json ? summaryJson(summary, policy, result) : formatSummary(summary, policy, result, o.top));
+  console.log(
+    o.json ? summaryJson(summary, policy, result) : formatSummary(summary, policy, result, o.top),
+  );
   return 0;
 }
 
@@ -147,7 +193,9 @@ main(process.argv).then(
   (code) => (process.exitCode = code),
   (err: unknown) => {
     if (err instanceof ConfigError) {
-      console.error(`${err.problems.length} configuration problem${err.problems.length === 1 ? "" : "s"}:`);
+      console.error(
+        `${err.problems.length} configuration problem${err.problems.length === 1 ? "" : "s"}:`,
+      );
       for (const p of err.problems) console.error(`  - ${formatProblem(p)}`);
     } else if (err instanceof ProfileError) {
       console.error(`error: ${err.message}`);

@@ -16,7 +16,8 @@ export interface InputResult {
 }
 
 const peerAddress = z.string().refine((text) => parseAddress(hostOf(text)) !== undefined, {
-  message: "an IP address, optionally with :port (\"192.0.2.1\", \"192.0.2.1:4711\", \"[2001:db8::1]:4711\")",
+  message:
+    'an IP address, optionally with :port ("192.0.2.1", "192.0.2.1:4711", "[2001:db8::1]:4711")',
 });
 
 /** One line of the simulator's own format. */
@@ -26,9 +27,14 @@ const lineSchema = z.strictObject({
   xff: z.string({ message: "the X-Forwarded-For header as a string" }).optional(),
   proxy: z
     .string()
-    .refine((text) => parseAddress(text) !== undefined, { message: "the PROXY header's source address" })
+    .refine((text) => parseAddress(text) !== undefined, {
+      message: "the PROXY header's source address",
+    })
     .optional(),
-  entryPoint: z.string().min(1, { message: "an entry point name such as websecure or submission" }).optional(),
+  entryPoint: z
+    .string()
+    .min(1, { message: "an entry point name such as websecure or submission" })
+    .optional(),
   auth: z.enum(["ok", "fail"], { message: "ok or fail" }).optional(),
 });
 
@@ -44,7 +50,8 @@ export function readJsonLines(file: string): InputResult {
     }
     const line = parsed.data;
     // Rows with a login are SMTP sessions; everything else defaults to the HTTPS entry point.
-    const entryPoint = line.entryPoint ?? (line.auth ? ENTRY_POINTS.submission : ENTRY_POINTS.websecure);
+    const entryPoint =
+      line.entryPoint ?? (line.auth ? ENTRY_POINTS.submission : ENTRY_POINTS.websecure);
     builder.add({ ...line, entryPoint, router: entryPoint });
   });
   return { traffic: builder.build(), problems };
@@ -52,9 +59,11 @@ export function readJsonLines(file: string): InputResult {
 
 /** The fields of Traefik's JSON access log the replay needs (a header is logged as request_<Name>). */
 const accessLogSchema = z.looseObject({
-  StartUTC: z.string({ message: "the request's start time (RFC 3339)" }).refine((text) => parseTimestamp(text) !== undefined, {
-    message: "an RFC 3339 time such as 2026-01-31T22:04:05.123456789Z",
-  }),
+  StartUTC: z
+    .string({ message: "the request's start time (RFC 3339)" })
+    .refine((text) => parseTimestamp(text) !== undefined, {
+      message: "an RFC 3339 time such as 2026-01-31T22:04:05.123456789Z",
+    }),
   ClientAddr: peerAddress.optional(),
   ClientHost: peerAddress.optional(),
   entryPointName: z.string().optional(),
@@ -66,6 +75,8 @@ const accessLogSchema = z.looseObject({
  * Reads Traefik's JSON access log. The time axis is Unix seconds. The logged
  * X-Forwarded-For is replayed as if the peer had sent it; forwardedHeaders is applied
  * again, which changes nothing for a header Traefik already kept or removed.
+ * Limitation: every logged request is replayed as offered, including the ones the live
+ * limiter answered with 429; requests Traefik refused before logging them are not there.
  */
 export function readAccessLog(file: string): InputResult {
   const builder = new TrafficBuilder();
@@ -79,7 +90,9 @@ export function readAccessLog(file: string): InputResult {
     const entry = parsed.data;
     const remoteAddr = entry.ClientAddr ?? entry.ClientHost;
     if (remoteAddr === undefined) {
-      problems.push(`${where}: ClientAddr or ClientHost: missing; expected the client's address (keep these fields in accessLog.fields)`);
+      problems.push(
+        `${where}: ClientAddr or ClientHost: missing; expected the client's address (keep these fields in accessLog.fields)`,
+      );
       return;
     }
     const entryPoint = entry.entryPointName ?? ENTRY_POINTS.websecure;
@@ -103,7 +116,11 @@ export function parseTimestamp(text: string): number | undefined {
   return whole / 1000 + (m[2] ? Number(`0${m[2]}`) : 0);
 }
 
-function eachLine(file: string, problems: string[], visit: (value: unknown, where: string) => void): void {
+function eachLine(
+  file: string,
+  problems: string[],
+  visit: (value: unknown, where: string) => void,
+): void {
   const lines = fs.readFileSync(file, "utf8").split("\n");
   lines.forEach((text, i) => {
     const where = `${file}:${i + 1}`;
@@ -121,8 +138,10 @@ function eachLine(file: string, problems: string[], visit: (value: unknown, wher
 
 function describeIssue(issue: z.core.$ZodIssue): string {
   const key = issue.path.length > 0 ? issue.path.join(".") : "(line)";
-  if (issue.code === "unrecognized_keys") return `${issue.keys.join(", ")}: unknown field; expected t, remoteAddr, xff, proxy, entryPoint, auth`;
-  if (issue.code === "invalid_type" && issue.input === undefined) return `${key}: missing; expected ${issue.message}`;
+  if (issue.code === "unrecognized_keys")
+    return `${issue.keys.join(", ")}: unknown field; expected t, remoteAddr, xff, proxy, entryPoint, auth`;
+  if (issue.code === "invalid_type" && issue.input === undefined)
+    return `${key}: missing; expected ${issue.message}`;
   const found = issue.input === undefined ? "nothing" : JSON.stringify(issue.input);
   return `${key}: found ${found}; expected ${issue.message}`;
 }

@@ -51,7 +51,10 @@ export function isRejection(code: number): boolean {
 }
 
 /** The entry points where connections are SMTP sessions rather than HTTP requests. */
-export const SMTP_ENTRY_POINTS: ReadonlySet<string> = new Set([ENTRY_POINTS.smtps, ENTRY_POINTS.submission]);
+export const SMTP_ENTRY_POINTS: ReadonlySet<string> = new Set([
+  ENTRY_POINTS.smtps,
+  ENTRY_POINTS.submission,
+]);
 
 // ---------------------------------------------------------------------------------------
 // HTTP: the rate limiter.
@@ -68,7 +71,11 @@ export interface LimiterParameters {
   ttl: number;
 }
 
-export function limiterParameters(average: number, periodSeconds: number, burst: number): LimiterParameters {
+export function limiterParameters(
+  average: number,
+  periodSeconds: number,
+  burst: number,
+): LimiterParameters {
   const period = periodSeconds > 0 ? periodSeconds : 1;
   const rate = average > 0 ? average / period : Infinity;
   let maxDelayNs = 0;
@@ -130,6 +137,9 @@ export class TokenBuckets {
     const { rate, burst, maxDelayNs, ttl } = this.limit;
     if (rate === Infinity) return 0;
 
+    // Limitation: Traefik's bucket map expires entries in whole Unix seconds, so the real idle
+    // cut-off lies between ttl-1 and ttl seconds depending on the clock; the model takes time 0
+    // (or the access log's Unix time) as a second boundary, which matches only that alignment.
     const second = Math.floor(now);
     if (this.live[id] === 1 && this.expiry[id] <= second) {
       if (this.refilled(id, now) < burst) this.ttlRefills++;
@@ -162,6 +172,8 @@ export class TokenBuckets {
 
   private open(id: number, now: number): void {
     const g = this.group[id];
+    // Limitation: among buckets expiring in the same second, Traefik's heap evicts any one;
+    // the model evicts the least recently used of them.
     while (this.count[g] >= this.capacity) {
       const oldest = this.head[g];
       if (this.expiry[oldest] > Math.floor(now)) this.evictions++;
@@ -207,7 +219,10 @@ export class TokenBuckets {
   }
 
   private grow(capacity: number): void {
-    const widen = <A extends Float64Array | Int32Array | Uint8Array>(a: A, make: (n: number) => A): A => {
+    const widen = <A extends Float64Array | Int32Array | Uint8Array>(
+      a: A,
+      make: (n: number) => A,
+    ): A => {
       const wider = make(capacity);
       wider.set(a as never);
       return wider;
@@ -271,7 +286,12 @@ export class SmtpGate {
     return id;
   }
 
-  /** One connection from a client at `now` (non-decreasing); what became of it. */
+  /**
+   * One connection from a client at `now` (non-decreasing); what became of it.
+   * Limitation: a session is one AUTH and one message held open for a fixed time; real
+   * clients reuse connections, send several messages and retry after a 4xx, none of which
+   * the rows describe.
+   */
   connect(id: number, now: number, auth: number): OutcomeCode {
     const p = this.policy;
     this.closeUntil(now);
@@ -291,7 +311,8 @@ export class SmtpGate {
     }
     // The relay counts the connection before deciding, so refused ones use up the rate too.
     const rate = ++this.connections[id];
-    if (p.connectionCount > 0 && this.open[id] + 1 > p.connectionCount) return Outcome.connectionCount;
+    if (p.connectionCount > 0 && this.open[id] + 1 > p.connectionCount)
+      return Outcome.connectionCount;
     if (p.connectionRate > 0 && rate > p.connectionRate) return Outcome.connectionRate;
     this.hold(id, now);
 
@@ -412,22 +433,35 @@ export interface Replay {
 
 const SMTP = 1;
 
-/** Replays the traffic (sorted by time) against the policy. */
+/**
+ * Replays the traffic (sorted by time) against the policy.
+ * Limitation: the replay is open-loop: a refused or delayed request does not make its
+ * client slow down, retry or stop, as it would live; the in-memory limiter is modelled,
+ * not the Redis one, and only the ipStrategy source criteria the project can configure.
+ */
 export function replay(traffic: Traffic, policy: SimPolicy): Replay {
   const n = traffic.length;
   const { strings } = traffic;
-  const limiter = limiterParameters(policy.http.average, policy.http.periodSeconds, policy.http.burst);
+  const limiter = limiterParameters(
+    policy.http.average,
+    policy.http.periodSeconds,
+    policy.http.burst,
+  );
   const buckets = new TokenBuckets(limiter);
   const gate = new SmtpGate(policy.smtp);
   const trusted = new AddressSet(policy.trustedIPs);
   const criterion = policy.http.sourceCriterion;
-  const excluded = criterion.kind === "excludedIPs" ? new AddressSet(criterion.excludedIPs) : undefined;
+  const excluded =
+    criterion.kind === "excludedIPs" ? new AddressSet(criterion.excludedIPs) : undefined;
   const exempt = new AddressSet(policy.smtp.exempt);
 
   // Routers (HTTP) and entry points (SMTP) become small "lane" numbers.
   const isSmtpEntry = new Uint8Array(strings.length);
   strings.forEach((s, i) => (isSmtpEntry[i] = SMTP_ENTRY_POINTS.has(s) ? 1 : 0));
-  const laneOfName = [new Int32Array(strings.length).fill(-1), new Int32Array(strings.length).fill(-1)];
+  const laneOfName = [
+    new Int32Array(strings.length).fill(-1),
+    new Int32Array(strings.length).fill(-1),
+  ];
   let laneCount = 0;
   const laneOf = (kind: number, name: number) => {
     const lanes = laneOfName[kind];
@@ -436,7 +470,7 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
   };
   const width = strings.length + 1;
   if (width * width * 64 > Number.MAX_SAFE_INTEGER) {
-    // Limitation: row keys are packed into one double; past ~10^7 distinct strings they would collide.
+    // Limitation: a row key packs three indexes into one double, which caps distinct strings near 10^7.
     throw new Error(`too many distinct addresses (${strings.length}) for one replay`);
   }
 
@@ -505,7 +539,8 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
     } else {
       httpRows++;
       const held = buckets.take(slotTarget[slot], t[i]);
-      outcome[i] = held === REJECTED ? Outcome.rateLimit : held > 0 ? Outcome.delayed : Outcome.passed;
+      outcome[i] =
+        held === REJECTED ? Outcome.rateLimit : held > 0 ? Outcome.delayed : Outcome.passed;
       if (held > 0) wait[i] = held;
     }
   }

@@ -56,7 +56,8 @@ interface PolicyValues {
 /** Pulumi.yaml's default for a key. */
 function declaredDefault<T>(key: string): T {
   const declaration = declaredKeys().get(key);
-  if (!declaration || declaration.default === undefined) throw new Error(`Pulumi.yaml declares no default for ${key}`);
+  if (!declaration || declaration.default === undefined)
+    throw new Error(`Pulumi.yaml declares no default for ${key}`);
   return declaration.default as T;
 }
 
@@ -115,7 +116,13 @@ export function buildPolicy(stack: string | undefined, overrides: PolicyOverride
         : { kind: "remoteAddr" };
 
   return {
-    http: { middleware: RATE_LIMIT_MIDDLEWARE, average: v.average, periodSeconds, burst: v.burst, sourceCriterion },
+    http: {
+      middleware: RATE_LIMIT_MIDDLEWARE,
+      average: v.average,
+      periodSeconds,
+      burst: v.burst,
+      sourceCriterion,
+    },
     smtp: {
       inFlight: v.inFlight,
       connectionSeconds: overrides.connectionSeconds ?? DEFAULT_CONNECTION_SECONDS,
@@ -132,5 +139,7 @@ export function buildPolicy(stack: string | undefined, overrides: PolicyOverride
 
 function definedOnly(overrides: PolicyOverrides): Partial<PolicyValues> {
   const { connectionSeconds: _ignored, ...rest } = overrides;
-  return Object.fromEntries(Object.entries(rest).filter(([, value]) => value !== undefined)) as Partial<PolicyValues>;
+  return Object.fromEntries(
+    Object.entries(rest).filter(([, value]) => value !== undefined),
+  ) as Partial<PolicyValues>;
 }

@@ -38,12 +38,24 @@ interface ProfileDefinition {
   arrivals(p: ProfileParams, random: () => number): number[];
 }
 
-const base = { start: 0, duration: 3600, clients: 1, count: 1, spread: 0, auth: "none", via: "none" } as const;
+const base = {
+  start: 0,
+  duration: 3600,
+  clients: 1,
+  count: 1,
+  spread: 0,
+  auth: "none",
+  via: "none",
+} as const;
 
 /** Poisson arrivals at `rate` between start and start + duration. */
 function poisson(p: ProfileParams, random: () => number): number[] {
   const times: number[] = [];
-  for (let t = p.start - Math.log(1 - random()) / p.rate; t < p.start + p.duration; t -= Math.log(1 - random()) / p.rate) {
+  for (
+    let t = p.start - Math.log(1 - random()) / p.rate;
+    t < p.start + p.duration;
+    t -= Math.log(1 - random()) / p.rate
+  ) {
     times.push(t);
   }
   return times;
@@ -53,19 +65,46 @@ export const PROFILES: Readonly<Record<string, ProfileDefinition>> = {
   alerts: {
     summary: "steady alerts: monitoring hosts mailing now and then (SMTP, logged in)",
     legitimate: true,
-    defaults: { ...base, rate: 1 / 60, clients: 3, addr: "192.0.2.10", entry: ENTRY_POINTS.submission, auth: "ok" },
+    defaults: {
+      ...base,
+      rate: 1 / 60,
+      clients: 3,
+      addr: "192.0.2.10",
+      entry: ENTRY_POINTS.submission,
+      auth: "ok",
+    },
     arrivals: poisson,
   },
   incident: {
-    summary: "incident burst: one host sends `count` alerts within `spread` seconds (SMTP, logged in)",
+    summary:
+      "incident burst: one host sends `count` alerts within `spread` seconds (SMTP, logged in)",
     legitimate: true,
-    defaults: { ...base, rate: 0, start: 600, count: 40, spread: 20, addr: "192.0.2.20", entry: ENTRY_POINTS.submission, auth: "ok" },
+    defaults: {
+      ...base,
+      rate: 0,
+      start: 600,
+      count: 40,
+      spread: 20,
+      addr: "192.0.2.20",
+      entry: ENTRY_POINTS.submission,
+      auth: "ok",
+    },
     arrivals: (p, random) => Array.from({ length: p.count }, () => p.start + random() * p.spread),
   },
   backup: {
-    summary: "backup night: jobs finishing at random within `duration`, each mailing `count` reports 2s apart (SMTP)",
+    summary:
+      "backup night: jobs finishing at random within `duration`, each mailing `count` reports 2s apart (SMTP)",
     legitimate: true,
-    defaults: { ...base, rate: 0, duration: 7200, clients: 4, count: 5, addr: "192.0.2.30", entry: ENTRY_POINTS.submission, auth: "ok" },
+    defaults: {
+      ...base,
+      rate: 0,
+      duration: 7200,
+      clients: 4,
+      count: 5,
+      addr: "192.0.2.30",
+      entry: ENTRY_POINTS.submission,
+      auth: "ok",
+    },
     arrivals: (p, random) => {
       const done = p.start + random() * p.duration;
       return Array.from({ length: p.count }, (_, i) => done + 2 * i);
@@ -74,13 +113,28 @@ export const PROFILES: Readonly<Record<string, ProfileDefinition>> = {
   nat: {
     summary: "NAT'd services: `clients` services behind ONE public address calling the HTTPS API",
     legitimate: true,
-    defaults: { ...base, rate: 4 / 60, duration: 1800, clients: 40, addr: "198.51.100.7", entry: ENTRY_POINTS.websecure },
+    defaults: {
+      ...base,
+      rate: 4 / 60,
+      duration: 1800,
+      clients: 40,
+      addr: "198.51.100.7",
+      entry: ENTRY_POINTS.websecure,
+    },
     arrivals: poisson,
   },
   bruteforce: {
     summary: "brute-force bot: guesses SMTP logins as fast as it can",
     legitimate: false,
-    defaults: { ...base, rate: 5, start: 300, duration: 600, addr: "203.0.113.66", entry: ENTRY_POINTS.submission, auth: "fail" },
+    defaults: {
+      ...base,
+      rate: 5,
+      start: 300,
+      duration: 600,
+      addr: "203.0.113.66",
+      entry: ENTRY_POINTS.submission,
+      auth: "fail",
+    },
     arrivals: poisson,
   },
   prober: {
@@ -97,17 +151,25 @@ const SHARED_ADDRESS = new Set(["nat"]);
 export class ProfileError extends Error {}
 
 /** Parses "name[:k=v,...]" into a profile and its parameters. */
-export function parseProfile(spec: string, defaults: Partial<ProfileParams> = {}): { name: string; params: ProfileParams } {
+export function parseProfile(
+  spec: string,
+  defaults: Partial<ProfileParams> = {},
+): { name: string; params: ProfileParams } {
   const [name, rest] = spec.split(/:(.*)/s, 2);
   const definition = PROFILES[name];
   if (!definition) {
-    throw new ProfileError(`--profile ${spec}: found profile "${name}"; expected one of ${Object.keys(PROFILES).join(", ")}`);
+    throw new ProfileError(
+      `--profile ${spec}: found profile "${name}"; expected one of ${Object.keys(PROFILES).join(", ")}`,
+    );
   }
   const params: ProfileParams = { ...definition.defaults, ...defaults };
   for (const pair of (rest ?? "").split(",").filter((p) => p.trim() !== "")) {
     const [key, value = ""] = pair.split("=", 2).map((s) => s.trim());
     const problem = setParam(params, key, value);
-    if (problem) throw new ProfileError(`--profile ${spec}: ${key}: found ${JSON.stringify(value)}; expected ${problem}`);
+    if (problem)
+      throw new ProfileError(
+        `--profile ${spec}: ${key}: found ${JSON.stringify(value)}; expected ${problem}`,
+      );
   }
   return { name, params };
 }
@@ -196,7 +258,12 @@ function addressAfter(first: string, offset: number): string {
 export const MAX_GENERATED_ROWS = 20_000_000;
 
 /** Adds a profile's rows to the traffic. */
-export function generateProfile(builder: TrafficBuilder, spec: string, params: ProfileParams, seed: number): void {
+export function generateProfile(
+  builder: TrafficBuilder,
+  spec: string,
+  params: ProfileParams,
+  seed: number,
+): void {
   const name = spec.split(":", 1)[0];
   const definition = PROFILES[name];
   const profile = builder.addProfile({ label: spec, name, legitimate: definition.legitimate });
@@ -204,10 +271,16 @@ export function generateProfile(builder: TrafficBuilder, spec: string, params: P
   let rows = 0;
   for (let c = 0; c < params.clients; c++) {
     const client = SHARED_ADDRESS.has(name) ? params.addr : addressAfter(params.addr, c);
-    const smtp = params.entry === ENTRY_POINTS.submission || params.entry === ENTRY_POINTS.smtps || params.auth !== "none";
+    const smtp =
+      params.entry === ENTRY_POINTS.submission ||
+      params.entry === ENTRY_POINTS.smtps ||
+      params.auth !== "none";
     const viaProxy = params.via !== "none";
     for (const t of definition.arrivals(params, random)) {
-      if (++rows > MAX_GENERATED_ROWS) throw new ProfileError(`--profile ${spec}: more than ${MAX_GENERATED_ROWS} rows; lower rate, clients or duration`);
+      if (++rows > MAX_GENERATED_ROWS)
+        throw new ProfileError(
+          `--profile ${spec}: more than ${MAX_GENERATED_ROWS} rows; lower rate, clients or duration`,
+        );
       builder.add({
         t,
         remoteAddr: viaProxy ? params.via : client,

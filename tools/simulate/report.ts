@@ -39,7 +39,14 @@ export interface Summary {
   span: { from: number; to: number } | null;
 }
 
-const emptyCounts = (): Counts => ({ requests: 0, passed: 0, delayed: 0, rejected: 0, authFailed: 0, firstRejection: null });
+const emptyCounts = (): Counts => ({
+  requests: 0,
+  passed: 0,
+  delayed: 0,
+  rejected: 0,
+  authFailed: 0,
+  firstRejection: null,
+});
 
 function count(into: Counts, code: number, t: number): void {
   into.requests++;
@@ -77,8 +84,14 @@ export function summarize(traffic: Traffic, result: Replay, policy: SimPolicy): 
     }
   }
 
-  const order = perSource.map((_, i) => i).sort((a, b) => perSource[b].requests - perSource[a].requests || a - b);
-  const profiles = traffic.profiles.map((p, i) => ({ profile: p.label, legitimate: p.legitimate, ...perProfile[i] }));
+  const order = perSource
+    .map((_, i) => i)
+    .sort((a, b) => perSource[b].requests - perSource[a].requests || a - b);
+  const profiles = traffic.profiles.map((p, i) => ({
+    profile: p.label,
+    legitimate: p.legitimate,
+    ...perProfile[i],
+  }));
   const warnings = [
     ...emptySourceWarnings(emptyHttp, result.httpRows, emptyStripped, policy),
     ...profileWarnings(profiles),
@@ -91,7 +104,11 @@ export function summarize(traffic: Traffic, result: Replay, policy: SimPolicy): 
     delayed: total.delayed,
     rejected: total.rejected,
     authFailed: total.authFailed,
-    rejectedBy: Object.fromEntries(OUTCOME_NAMES.flatMap((name, code) => (isRejection(code) && byOutcome[code] > 0 ? [[name, byOutcome[code]]] : []))),
+    rejectedBy: Object.fromEntries(
+      OUTCOME_NAMES.flatMap((name, code) =>
+        isRejection(code) && byOutcome[code] > 0 ? [[name, byOutcome[code]]] : [],
+      ),
+    ),
     sources: Object.fromEntries(order.map((i) => [result.sources[i], perSource[i]])),
     profiles,
     warnings,
@@ -99,7 +116,12 @@ export function summarize(traffic: Traffic, result: Replay, policy: SimPolicy): 
   };
 }
 
-function emptySourceWarnings(empty: number, http: number, stripped: number, policy: SimPolicy): string[] {
+function emptySourceWarnings(
+  empty: number,
+  http: number,
+  stripped: number,
+  policy: SimPolicy,
+): string[] {
   if (empty === 0) return [];
   const criterion = policy.http.sourceCriterion;
   const why =
@@ -107,7 +129,9 @@ function emptySourceWarnings(empty: number, http: number, stripped: number, poli
       ? `X-Forwarded-For missing or shorter than rateLimit.depth ${criterion.depth}`
       : "every X-Forwarded-For entry is in rateLimit.excludedIPs, or there is none";
   const strippedNote =
-    stripped > 0 ? `; for ${stripped} of them Traefik had deleted X-Forwarded-For because the peer is not in traefik.trustedProxies` : "";
+    stripped > 0
+      ? `; for ${stripped} of them Traefik had deleted X-Forwarded-For because the peer is not in traefik.trustedProxies`
+      : "";
   return [
     `${empty} of ${http} HTTP requests (${percent(empty, http)}) had no client address for the rate limiter (${why})${strippedNote}: ` +
       "they all share ONE bucket, so a single busy client throttles everyone",
@@ -117,10 +141,14 @@ function emptySourceWarnings(empty: number, http: number, stripped: number, poli
 function profileWarnings(profiles: ProfileCounts[]): string[] {
   return profiles.flatMap((p) => {
     if (p.legitimate && p.rejected > 0) {
-      return [`legitimate traffic refused: ${p.rejected} of ${p.requests} rows of profile ${p.profile} (first at ${formatTime(p.firstRejection!)})`];
+      return [
+        `legitimate traffic refused: ${p.rejected} of ${p.requests} rows of profile ${p.profile} (first at ${formatTime(p.firstRejection!)})`,
+      ];
     }
     if (!p.legitimate && p.requests > 0 && p.rejected === 0) {
-      return [`abusive traffic never limited: all ${p.requests} rows of profile ${p.profile} got through`];
+      return [
+        `abusive traffic never limited: all ${p.requests} rows of profile ${p.profile} got through`,
+      ];
     }
     return [];
   });
@@ -137,40 +165,63 @@ function limiterWarnings(result: Replay, policy: SimPolicy): string[] {
     );
   }
   if (result.evictions > 0) {
-    warnings.push(`${result.evictions} live buckets were evicted because one router held 65536 sources: their clients started over with a full burst`);
+    warnings.push(
+      `${result.evictions} live buckets were evicted because one router held 65536 sources: their clients started over with a full burst`,
+    );
   }
   return warnings;
 }
 
 /** The short text an operator reads: policy, table, totals, warnings. */
-export function formatSummary(summary: Summary, policy: SimPolicy, result: Replay, top: number): string {
+export function formatSummary(
+  summary: Summary,
+  policy: SimPolicy,
+  result: Replay,
+  top: number,
+): string {
   const lines: string[] = [];
   lines.push(...describePolicy(policy, result));
   if (summary.span) {
     const sources = Object.keys(summary.sources).length;
-    lines.push(`Traffic: ${summary.total} rows from ${sources} sources, ${formatTime(summary.span.from)} to ${formatTime(summary.span.to)}`);
+    lines.push(
+      `Traffic: ${summary.total} rows from ${sources} sources, ${formatTime(summary.span.from)} to ${formatTime(summary.span.to)}`,
+    );
   }
   lines.push("");
 
   const header = ["source", "requests", "passed", "delayed", "rejected", "first rejection"];
   const rows: string[][] = [];
   const entries = Object.entries(summary.sources);
-  for (const [source, c] of entries.slice(0, top)) rows.push(tableRow(source === "" ? '"" (shared)' : source, c));
+  for (const [source, c] of entries.slice(0, top))
+    rows.push(tableRow(source === "" ? '"" (shared)' : source, c));
   if (entries.length > top) {
     const others = emptyCounts();
     for (const [, c] of entries.slice(top)) addInto(others, c);
     rows.push(tableRow(`(${entries.length - top} others)`, others));
   }
-  rows.push(tableRow("total", { ...summary, requests: summary.total, firstRejection: firstOf(entries.map(([, c]) => c.firstRejection)) }));
+  rows.push(
+    tableRow("total", {
+      ...summary,
+      requests: summary.total,
+      firstRejection: firstOf(entries.map(([, c]) => c.firstRejection)),
+    }),
+  );
   lines.push(...alignTable(header, rows));
-  lines.push("passed includes delayed" + (summary.authFailed > 0 ? `; ${summary.authFailed} passed SMTP sessions failed to log in (535)` : ""));
+  lines.push(
+    "passed includes delayed" +
+      (summary.authFailed > 0
+        ? `; ${summary.authFailed} passed SMTP sessions failed to log in (535)`
+        : ""),
+  );
   const by = Object.entries(summary.rejectedBy);
   if (by.length > 0) lines.push(`rejected by: ${by.map(([name, n]) => `${name} ${n}`).join(", ")}`);
 
   if (summary.profiles.length > 0) {
     lines.push("");
     for (const p of summary.profiles) {
-      lines.push(`${p.legitimate ? "legitimate" : "abusive   "}  ${p.profile}: ${p.requests} rows, ${p.passed} passed, ${p.rejected} rejected`);
+      lines.push(
+        `${p.legitimate ? "legitimate" : "abusive   "}  ${p.profile}: ${p.requests} rows, ${p.passed} passed, ${p.rejected} rejected`,
+      );
     }
   }
   lines.push("");
@@ -216,7 +267,15 @@ export function summaryJson(summary: Summary, policy: SimPolicy, result: Replay)
       sources: summary.sources,
       profiles: summary.profiles,
       warnings: summary.warnings,
-      policy: { ...policy, limiter: { rate: rate === Infinity ? null : rate, burst, maxDelayMs: maxDelayNs / 1e6, ttlSeconds: ttl } },
+      policy: {
+        ...policy,
+        limiter: {
+          rate: rate === Infinity ? null : rate,
+          burst,
+          maxDelayMs: maxDelayNs / 1e6,
+          ttlSeconds: ttl,
+        },
+      },
     },
     null,
     2,
@@ -231,7 +290,12 @@ function tableRow(name: string, c: Counts): string[] {
 function alignTable(header: string[], rows: string[][]): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) =>
-    cells.map((cell, i) => (i === 0 || i === cells.length - 1 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]))).join("  ").trimEnd();
+    cells
+      .map((cell, i) =>
+        i === 0 || i === cells.length - 1 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]),
+      )
+      .join("  ")
+      .trimEnd();
   return [line(header), ...rows.map(line)];
 }
 
@@ -245,7 +309,10 @@ function addInto(into: Counts, c: Counts): void {
 }
 
 function firstOf(times: (number | null)[]): number | null {
-  return times.reduce<number | null>((first, t) => (t !== null && (first === null || t < first) ? t : first), null);
+  return times.reduce<number | null>(
+    (first, t) => (t !== null && (first === null || t < first) ? t : first),
+    null,
+  );
 }
 
 /** Input times are seconds; large values are Unix time (access logs). */

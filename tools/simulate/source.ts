@@ -15,7 +15,8 @@ import type { SourceCriterion } from "../../config";
 export function hostOf(remoteAddr: string): string {
   if (remoteAddr.startsWith("[")) {
     const close = remoteAddr.indexOf("]");
-    const isHostPort = close > 0 && remoteAddr[close + 1] === ":" && remoteAddr.indexOf(":", close + 2) < 0;
+    const isHostPort =
+      close > 0 && remoteAddr[close + 1] === ":" && remoteAddr.indexOf(":", close + 2) < 0;
     return isHostPort ? remoteAddr.slice(1, close) : remoteAddr;
   }
   const colon = remoteAddr.lastIndexOf(":");
@@ -79,7 +80,8 @@ export class AddressSet {
  */
 export function ipv6SubnetOf(ip: string, bits: number): string {
   const address = parseAddress(ip);
-  if (!address || address.kind() !== "ipv6" || !Number.isInteger(bits) || bits < 0 || bits > 128) return ip;
+  if (!address || address.kind() !== "ipv6" || !Number.isInteger(bits) || bits < 0 || bits > 128)
+    return ip;
   const bytes = address.toByteArray();
   for (let i = 0; i < 16; i++) {
     const keep = Math.max(0, Math.min(8, bits - i * 8));
@@ -130,7 +132,11 @@ export function selectSource(
  * X-Forwarded-For as the router's middlewares see it: Traefik's entry point deletes it
  * unless the connecting peer is in forwardedHeaders.trustedIPs.
  */
-export function forwardedHeader(remoteAddr: string, xff: string | undefined, trusted: AddressSet): string | undefined {
+export function forwardedHeader(
+  remoteAddr: string,
+  xff: string | undefined,
+  trusted: AddressSet,
+): string | undefined {
   if (xff === undefined) return undefined;
   return trusted.contains(hostOf(remoteAddr)) ? xff : undefined;
 }
@@ -139,7 +145,11 @@ export function forwardedHeader(remoteAddr: string, xff: string | undefined, tru
  * The client address the relay sees for an SMTP connection: the PROXY header's source
  * when the peer is one of proxyProtocol.trustedIPs and sent one, else the peer itself.
  */
-export function smtpClient(remoteAddr: string, proxySource: string | undefined, trusted: AddressSet): string {
+export function smtpClient(
+  remoteAddr: string,
+  proxySource: string | undefined,
+  trusted: AddressSet,
+): string {
   const peer = hostOf(remoteAddr);
   // Limitation: a PROXY header from an untrusted peer is treated as absent (the peer is the
   // client); real Traefik may refuse such a connection instead, which the model does not show.

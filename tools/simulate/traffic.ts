@@ -56,7 +56,13 @@ export class TrafficBuilder {
   private length = 0;
   private capacity: number;
   private t: Float64Array;
-  private columns: { remoteAddr: Int32Array; xff: Int32Array; proxy: Int32Array; entryPoint: Int32Array; router: Int32Array };
+  private columns: {
+    remoteAddr: Int32Array;
+    xff: Int32Array;
+    proxy: Int32Array;
+    entryPoint: Int32Array;
+    router: Int32Array;
+  };
   private auth: Uint8Array;
   private profile: Int16Array;
   private readonly strings: string[] = [];
