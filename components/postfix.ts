@@ -64,6 +64,9 @@ function identity(config: HomelabConfig): Record<string, string> {
     smtpd_banner: "$myhostname ESMTP",
     disable_vrfy_command: "yes",
     smtpd_helo_required: "yes",
+    // No restriction looks at client host names; under a flood a reverse lookup per
+    // connection is work (and DNS traffic) for nothing.
+    smtpd_peername_lookup: "no",
   };
 }
 

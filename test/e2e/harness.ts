@@ -165,11 +165,6 @@ export class RelayInstance {
     setMain("maillog_file_prefixes", this.root, "Postfix writes a maillog_file only under these prefixes");
     setMain("smtpd_tls_cert_file", cert, "a certificate made for the test");
     setMain("smtpd_tls_key_file", key, "its key");
-    setMain(
-      "smtpd_peername_lookup",
-      "no",
-      "the test's client addresses are documentation ranges: their reverse lookups would leave loopback",
-    );
     setMain("relayhost", `[${LOOPBACK}]:${sinkPort}`, "the capturing smarthost on loopback");
     if (main.smtp_sasl_password_maps) {
       const table = path.join(this.configDir, "sasl_passwd");

@@ -13,14 +13,13 @@
  * | main.cf         | data_directory                | <tmp>/lib                           | same                                                      |
  * | main.cf         | maillog_file, _prefixes       | <tmp>/maillog                       | the log the tests read (the image logs to stdout)          |
  * | main.cf         | smtpd_tls_cert_file, _key_file| a certificate made with openssl     | the image makes its own at first start                    |
- * | main.cf         | smtpd_peername_lookup         | no (not rendered; default yes)      | reverse DNS of the test addresses would leave loopback    |
  * | main.cf         | relayhost                     | [127.0.0.1]:<sink>                  | the capturing smarthost; same TLS mode, same login         |
  * | main.cf         | smtp_sasl_password_maps       | lmdb:<tmp>/etc/sasl_passwd          | the image writes it from a secret; here a stand-in password |
  * | master.cf       | 10587, 10465, 127.0.0.1:587   | 127.0.0.1:<free port>               | loopback only, ports free on this machine                 |
  * | sasl/smtpd.conf | sasldb_path                   | <tmp>/sasldb2                       | the image's /etc/sasldb2; test logins in a private file    |
  *
  * Who may relay, who must log in, TLS on the listeners, and every anvil limit and exception
- * are used exactly as rendered (no rendered restriction looks at client host names), including
+ * are used exactly as rendered, including
  * the 60s window: one client per stack is blocked before the other tests, and the last tests
  * check that it may send again once the window has passed.
  */
@@ -39,7 +38,6 @@ const DOCUMENTED_OVERRIDES = new Set([
   "maillog_file_prefixes",
   "smtpd_tls_cert_file",
   "smtpd_tls_key_file",
-  "smtpd_peername_lookup",
   "relayhost",
   "smtp_sasl_password_maps",
   String(RELAY_LISTENERS.submission),
