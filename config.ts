@@ -23,7 +23,12 @@ export const ACME_CA = {
   staging: "https://acme-staging-v02.api.letsencrypt.org/directory",
 } as const;
 
-/** Environment variable each common DNS provider (as Traefik's ACME library names it) reads its token from. */
+/**
+ * Environment variable each common DNS provider (as Traefik's ACME library names it) reads
+ * its token from. Only providers that need a single token are listed.
+ */
+// Limitation: a provider that needs several variables (Route 53, Porkbun, OVH) cannot be
+// configured: the stack carries one DNS secret, passed as one environment variable.
 export const DNS_TOKEN_ENV: Readonly<Record<string, string>> = {
   cloudflare: "CF_DNS_API_TOKEN",
   desec: "DESEC_TOKEN",
@@ -32,8 +37,6 @@ export const DNS_TOKEN_ENV: Readonly<Record<string, string>> = {
   gandiv5: "GANDIV5_PERSONAL_ACCESS_TOKEN",
   hetzner: "HETZNER_API_KEY",
   linode: "LINODE_TOKEN",
-  porkbun: "PORKBUN_SECRET_API_KEY",
-  route53: "AWS_SECRET_ACCESS_KEY",
 };
 
 // ---------------------------------------------------------------------------------------
@@ -53,7 +56,12 @@ export type ProxmoxAuth =
 
 export type Template =
   | { kind: "existing"; fileId: string }
-  | { kind: "download"; url: string; fileName: string; checksum?: { algorithm: string; value: string } };
+  | {
+      kind: "download";
+      url: string;
+      fileName: string;
+      checksum?: { algorithm: string; value: string };
+    };
 
 export type AcmeChallenge =
   | { type: "dns"; provider: string; tokenEnv: string; token: Secret }
@@ -142,7 +150,12 @@ export interface HomelabConfig {
    */
   hosts: readonly HostConfig[];
   /** The shared rate-limit store; present when there is more than one host. */
-  redis?: { image: string; port: number; password: Secret; /** the first host's address */ host: string };
+  redis?: {
+    image: string;
+    port: number;
+    password: Secret;
+    /** the first host's address */ host: string;
+  };
   /** Bans for clients that keep failing AUTH; absent when disabled. */
   fail2ban?: {
     image: string;
@@ -205,26 +218,48 @@ function asConfigText(value: unknown): string {
  * Reads `stacks/Pulumi.<stack>.yaml` as the Pulumi CLI would hand it to the program,
  * without the CLI: `secure:` values stay encrypted and are passed on as opaque secrets.
  */
-export function loadStackFile(stack: string, stackDir = path.join(PROJECT_DIR, "stacks")): ConfigSource {
+export function loadStackFile(
+  stack: string,
+  stackDir = path.join(PROJECT_DIR, "stacks"),
+): ConfigSource {
   const full = path.join(stackDir, `Pulumi.${stack}.yaml`);
   const stackFile = path.relative(process.cwd(), full) || full;
   if (!fs.existsSync(full)) {
     const known = fs.existsSync(stackDir) ? listStacks(stackDir).join(", ") : "none";
-    throw new ConfigError([{ key: "(stack)", stackFile, found: "no such file", expected: `a stack file; stacks here: ${known}` }]);
+    throw new ConfigError([
+      {
+        key: "(stack)",
+        stackFile,
+        found: "no such file",
+        expected: `a stack file; stacks here: ${known}`,
+      },
+    ]);
   }
   let doc: { config?: Record<string, unknown> } | null;
   try {
     doc = YAML.parse(fs.readFileSync(full, "utf8"));
   } catch (err) {
     const reason = (err as Error).message.split("\n")[0];
-    throw new ConfigError([{ key: "(file)", stackFile, found: `invalid YAML (${reason})`, expected: "a Pulumi stack file" }]);
+    throw new ConfigError([
+      {
+        key: "(file)",
+        stackFile,
+        found: `invalid YAML (${reason})`,
+        expected: "a Pulumi stack file",
+      },
+    ]);
   }
   const values = new Map<string, RawValue>();
   for (const [fullKey, value] of Object.entries(doc?.config ?? {})) {
     const [namespace, key] = splitKey(fullKey);
     if (namespace !== PROJECT) continue; // provider settings, not ours
     const isSecure = typeof value === "object" && value !== null && "secure" in value;
-    values.set(key, isSecure ? { text: "", secret: true, opaque: true } : { text: asConfigText(value), secret: false });
+    values.set(
+      key,
+      isSecure
+        ? { text: "", secret: true, opaque: true }
+        : { text: asConfigText(value), secret: false },
+    );
   }
   return { stack, stackFile, values };
 }
@@ -244,14 +279,18 @@ export function fromPulumiRuntime(): ConfigSource {
   for (const fullKey of Object.keys(pulumi.runtime.allConfig())) {
     const [namespace, key] = splitKey(fullKey);
     if (namespace !== PROJECT) continue;
-    values.set(key, { text: pulumi.runtime.getConfig(fullKey) ?? "", secret: isConfigSecret(fullKey) });
+    values.set(key, {
+      text: pulumi.runtime.getConfig(fullKey) ?? "",
+      secret: isConfigSecret(fullKey),
+    });
   }
   const stack = pulumi.getStack();
   return { stack, stackFile: path.join("stacks", `Pulumi.${stack}.yaml`), values };
 }
 
 /** The SDK exports this from pulumi.runtime but leaves it out of its type definitions. */
-const isConfigSecret = (pulumi.runtime as unknown as { isConfigSecret(key: string): boolean }).isConfigSecret;
+const isConfigSecret = (pulumi.runtime as unknown as { isConfigSecret(key: string): boolean })
+  .isConfigSecret;
 
 function splitKey(fullKey: string): [string, string] {
   const i = fullKey.indexOf(":");
@@ -292,7 +331,15 @@ export class ConfigError extends Error {
 export function parseDuration(text: string): number | undefined {
   const trimmed = text.trim();
   if (/^\d+(\.\d+)?$/.test(trimmed)) return Number(trimmed);
-  const unit: Record<string, number> = { ns: 1e-9, us: 1e-6, "µs": 1e-6, ms: 1e-3, s: 1, m: 60, h: 3600 };
+  const unit: Record<string, number> = {
+    ns: 1e-9,
+    us: 1e-6,
+    µs: 1e-6,
+    ms: 1e-3,
+    s: 1,
+    m: 60,
+    h: 3600,
+  };
   const part = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/y;
   let seconds = 0;
   let matched = 0;
@@ -328,7 +375,8 @@ function prefixLength(text: string): number {
 const hostnamePattern = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/i;
 const proxmoxUser = /^[^\s@!:]+@[a-z0-9][a-z0-9._-]*$/i;
 const proxmoxTokenId = /^[^\s@!:]+@[a-z0-9][a-z0-9._-]*![a-z][a-z0-9._-]*$/i;
-const sshPublicKey = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/=]+( .*)?$/;
+const sshPublicKey =
+  /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/=]+( .*)?$/;
 
 /** The image's tag, if pinned to a real version (not absent, not `latest`). */
 function imageTag(image: string): string | undefined {
@@ -350,10 +398,19 @@ function compareVersion(a: number[], b: number[]): number {
 const str = z.string();
 const required = (what: string) => str.min(1, `${what} (required, no default)`);
 const int = (min: number, max: number, why = "") =>
-  z.number().int(`a whole number${why}`).min(min, `at least ${min}${why}`).max(max, `at most ${max}${why}`);
+  z
+    .number()
+    .int(`a whole number${why}`)
+    .min(min, `at least ${min}${why}`)
+    .max(max, `at most ${max}${why}`);
 const port = int(1, 65535);
-const addressList = z.array(str.refine(isAddressOrCidr, "an IPv4/IPv6 address or CIDR such as 192.168.1.0/24"));
-const durationText = str.refine((t) => (parseDuration(t) ?? 0) > 0, "a positive duration such as 1s, 1m or 1h30m");
+const addressList = z.array(
+  str.refine(isAddressOrCidr, "an IPv4/IPv6 address or CIDR such as 192.168.1.0/24"),
+);
+const durationText = str.refine(
+  (t) => (parseDuration(t) ?? 0) > 0,
+  "a positive duration such as 1s, 1m or 1h30m",
+);
 
 const keySchemas = {
   "proxmox.endpoint": required("an https URL such as https://pve1.home.arpa:8006/").refine(
@@ -361,34 +418,57 @@ const keySchemas = {
     "an https URL such as https://pve1.home.arpa:8006/",
   ),
   "proxmox.insecure": z.boolean(),
-  "proxmox.node": required("the Proxmox node name").regex(/^[a-z0-9][a-z0-9-]*$/i, "a Proxmox node name (letters, digits, dashes)"),
+  "proxmox.node": required("the Proxmox node name").regex(
+    /^[a-z0-9][a-z0-9-]*$/i,
+    "a Proxmox node name (letters, digits, dashes)",
+  ),
   "proxmox.authMethod": z.enum(["apiToken", "password"], "apiToken or password"),
   "proxmox.username": required("user@realm!tokenname for apiToken, root@pam for password"),
   "proxmox.credential": required("the token secret or password, set with --secret"),
   "proxmox.datastore": required("a Proxmox storage id"),
   "proxmox.templateDatastore": required("a Proxmox storage id"),
   "proxmox.templateUrl": str,
-  "proxmox.templateChecksum": str.regex(/^$|^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/i, "empty, sha256:<64 hex> or sha512:<128 hex>"),
-  "proxmox.templateFileId": str.regex(/^$|^[a-z0-9][\w.-]*:vztmpl\/[\w.+-]+$/i, "empty or a template volume id such as local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"),
+  "proxmox.templateChecksum": str.regex(
+    /^$|^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/i,
+    "empty, sha256:<64 hex> or sha512:<128 hex>",
+  ),
+  "proxmox.templateFileId": str.regex(
+    /^$|^[a-z0-9][\w.-]*:vztmpl\/[\w.+-]+$/i,
+    "empty or a template volume id such as local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst",
+  ),
 
   "lxc.vmId": int(100, 999_999_999, " (Proxmox refuses container ids outside 100..999999999)"),
-  "lxc.hostname": str.regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i, "a single DNS label (letters, digits, dashes)"),
+  "lxc.hostname": str.regex(
+    /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i,
+    "a single DNS label (letters, digits, dashes)",
+  ),
   "lxc.cores": int(1, 128),
   "lxc.memory": int(512, 1_048_576, " MiB (Docker, Traefik and Postfix need 512 MiB at least)"),
   "lxc.swap": int(0, 1_048_576),
   "lxc.diskSize": int(4, 65_536, " GiB (the Docker images need 4 GiB at least)"),
-  "lxc.bridge": required("a Linux bridge such as vmbr0").regex(/^[a-z][\w.-]{0,14}$/i, "a Linux bridge name such as vmbr0"),
+  "lxc.bridge": required("a Linux bridge such as vmbr0").regex(
+    /^[a-z][\w.-]{0,14}$/i,
+    "a Linux bridge name such as vmbr0",
+  ),
   "lxc.vlan": int(0, 4094, " (0 = untagged, 1..4094 a VLAN tag)"),
   "lxc.ipv4": required("a static IPv4 address with prefix, such as 192.168.10.25/24").refine(
     (t) => ipaddr.IPv4.isValidCIDR(t) && ipaddr.IPv4.parseCIDR(t)[1] <= 30,
     "an IPv4 address with prefix length (/8 to /30), such as 192.168.10.25/24",
   ),
-  "lxc.gateway": required("the IPv4 gateway").refine((t) => ipaddr.IPv4.isValidFourPartDecimal(t), "an IPv4 address such as 192.168.10.1"),
+  "lxc.gateway": required("the IPv4 gateway").refine(
+    (t) => ipaddr.IPv4.isValidFourPartDecimal(t),
+    "an IPv4 address such as 192.168.10.1",
+  ),
   "lxc.dns": z.array(str.refine((t) => ipaddr.isValid(t), "an IP address")),
   "lxc.sshPublicKeys": z
-    .array(str.regex(sshPublicKey, "an OpenSSH public key line such as 'ssh-ed25519 AAAA... you@host'"))
+    .array(
+      str.regex(sshPublicKey, "an OpenSSH public key line such as 'ssh-ed25519 AAAA... you@host'"),
+    )
     .min(1, "at least one SSH public key (Pulumi logs in with its private half)"),
-  "lxc.sshUser": z.literal("root", "root: Proxmox installs lxc.sshPublicKeys for root only, so no other user could log in"),
+  "lxc.sshUser": z.literal(
+    "root",
+    "root: Proxmox installs lxc.sshPublicKeys for root only, so no other user could log in",
+  ),
   "lxc.sshPrivateKey": required("an OpenSSH private key, set with --secret").refine(
     (t) => /^-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(t.trim()),
     "an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY----- ...)",
@@ -401,31 +481,61 @@ const keySchemas = {
   "traefik.smtpsPort": port,
   "traefik.submissionPort": port,
   "traefik.trustedProxies": addressList,
-  "traefik.smtpAllowList": addressList.min(1, "at least one CIDR (Traefik rejects an empty ipAllowList, and nobody could send)"),
-  "traefik.metricsAllowList": addressList.min(1, "at least one CIDR (Traefik rejects an empty ipAllowList)"),
+  "traefik.smtpAllowList": addressList.min(
+    1,
+    "at least one CIDR (Traefik rejects an empty ipAllowList, and nobody could send)",
+  ),
+  "traefik.metricsAllowList": addressList.min(
+    1,
+    "at least one CIDR (Traefik rejects an empty ipAllowList)",
+  ),
   "traefik.logLevel": z.enum(["DEBUG", "INFO", "WARN", "ERROR"], "DEBUG, INFO, WARN or ERROR"),
 
-  "acme.email": required("the Let's Encrypt account e-mail").regex(/^[^\s@]+@[^\s@]+\.[^\s@]+$/, "an e-mail address"),
+  "acme.email": required("the Let's Encrypt account e-mail").regex(
+    /^[^\s@]+@[^\s@]+\.[^\s@]+$/,
+    "an e-mail address",
+  ),
   "acme.staging": z.boolean(),
   "acme.challenge": z.enum(["dns", "tls", "http"], "dns, tls or http"),
-  "acme.dnsProvider": str.regex(/^$|^[a-z0-9][a-z0-9.-]*$/, "a DNS provider code such as cloudflare"),
-  "acme.dnsTokenEnv": str.regex(/^$|^[A-Z_][A-Z0-9_]*$/, "an environment variable name such as CF_DNS_API_TOKEN"),
+  "acme.dnsProvider": str.regex(
+    /^$|^[a-z0-9][a-z0-9.-]*$/,
+    "a DNS provider code such as cloudflare",
+  ),
+  "acme.dnsTokenEnv": str.regex(
+    /^$|^[A-Z_][A-Z0-9_]*$/,
+    "an environment variable name such as CF_DNS_API_TOKEN",
+  ),
   "acme.dnsProviderToken": str,
 
-  "rateLimit.average": z.number().int("a whole number").min(0, "0 (no limit) or more: a negative average is not a rate"),
+  "rateLimit.average": z
+    .number()
+    .int("a whole number")
+    .min(0, "0 (no limit) or more: a negative average is not a rate"),
   "rateLimit.period": durationText,
-  "rateLimit.burst": z.number().int("a whole number").min(1, "at least 1: Traefik silently turns a burst below 1 into 1"),
+  "rateLimit.burst": z
+    .number()
+    .int("a whole number")
+    .min(1, "at least 1: Traefik silently turns a burst below 1 into 1"),
   "rateLimit.depth": int(0, 32),
   "rateLimit.excludedIPs": addressList,
   "rateLimit.inFlight": int(1, 10_000, " (an inFlightConn of 0 refuses every connection)"),
-  "rateLimit.window": str.refine((t) => (parsePostfixTime(t) ?? 0) >= 1, "a Postfix time such as 60s or 1m"),
+  "rateLimit.window": str.refine(
+    (t) => (parsePostfixTime(t) ?? 0) >= 1,
+    "a Postfix time such as 60s or 1m",
+  ),
   "rateLimit.authAttempts": int(1, 10_000, " (0 would leave AUTH brute force unlimited)"),
   "rateLimit.messages": int(1, 1_000_000),
   "rateLimit.exempt": addressList,
 
   "relay.image": required("a pinned relay image"),
-  "relay.hostname": required("the relay's public name").regex(hostnamePattern, "a fully qualified hostname such as smtp.home.example.org"),
-  "relay.upstreamHost": required("the smarthost's hostname").regex(hostnamePattern, "a fully qualified hostname such as smtp.fastmail.com"),
+  "relay.hostname": required("the relay's public name").regex(
+    hostnamePattern,
+    "a fully qualified hostname such as smtp.home.example.org",
+  ),
+  "relay.upstreamHost": required("the smarthost's hostname").regex(
+    hostnamePattern,
+    "a fully qualified hostname such as smtp.fastmail.com",
+  ),
   "relay.upstreamPort": port,
   "relay.upstreamUsername": str,
   "relay.upstreamPassword": str,
@@ -437,7 +547,10 @@ const keySchemas = {
   "relay.expectedBurst": int(1, 100_000),
 
   "edge.extraHosts": z.array(
-    str.refine((t) => parseExtraHost(t) !== undefined, "node=<proxmox node>,vmId=<100..999999999>,ipv4=<address/prefix>[,hostname=<name>]"),
+    str.refine(
+      (t) => parseExtraHost(t) !== undefined,
+      "node=<proxmox node>,vmId=<100..999999999>,ipv4=<address/prefix>[,hostname=<name>]",
+    ),
   ),
   "redis.image": required("a pinned Redis-compatible image"),
   "redis.port": port,
@@ -446,13 +559,21 @@ const keySchemas = {
   "fail2ban.enabled": z.boolean(),
   "fail2ban.image": required("a pinned fail2ban image"),
   "fail2ban.maxRetry": int(1, 100),
-  "fail2ban.findTime": str.refine((t) => (parsePostfixTime(t) ?? 0) >= 1, "a time such as 10m, 1h or 600"),
-  "fail2ban.banTime": str.refine((t) => (parsePostfixTime(t) ?? 0) >= 1, "a time such as 1h, 1d or 3600"),
+  "fail2ban.findTime": str.refine(
+    (t) => (parsePostfixTime(t) ?? 0) >= 1,
+    "a time such as 10m, 1h or 600",
+  ),
+  "fail2ban.banTime": str.refine(
+    (t) => (parsePostfixTime(t) ?? 0) >= 1,
+    "a time such as 1h, 1d or 3600",
+  ),
   "fail2ban.ignoreIPs": addressList,
 };
 
 /** One entry of edge.extraHosts: `node=pve2,vmId=126,ipv4=10.10.0.26/24[,hostname=smtp-edge-2]`. */
-export function parseExtraHost(text: string): { node: string; vmId: number; ipv4: string; hostname?: string } | undefined {
+export function parseExtraHost(
+  text: string,
+): { node: string; vmId: number; ipv4: string; hostname?: string } | undefined {
   const fields = new Map<string, string>();
   for (const part of text.split(",")) {
     const m = /^\s*(node|vmId|ipv4|hostname)=(\S+)\s*$/.exec(part);
@@ -466,7 +587,8 @@ export function parseExtraHost(text: string): { node: string; vmId: number; ipv4
   if (!node || !/^[a-z0-9][a-z0-9-]*$/i.test(node)) return undefined;
   if (!Number.isInteger(vmId) || vmId < 100 || vmId > 999_999_999) return undefined;
   if (!ipv4 || !ipaddr.IPv4.isValidCIDR(ipv4)) return undefined;
-  if (hostname !== undefined && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(hostname)) return undefined;
+  if (hostname !== undefined && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(hostname))
+    return undefined;
   return { node, vmId, ipv4, ...(hostname ? { hostname } : {}) };
 }
 
@@ -490,18 +612,26 @@ export const SECRET_KEYS: ReadonlySet<ConfigKey> = new Set([
 // Parsing.
 
 /** Turns the text Pulumi hands over into the declared type. */
-function decode(text: string, type: KeyDeclaration["type"]): { ok: true; value: unknown } | { ok: false; expected: string } {
+function decode(
+  text: string,
+  type: KeyDeclaration["type"],
+): { ok: true; value: unknown } | { ok: false; expected: string } {
   switch (type) {
     case "string":
       return { ok: true, value: text };
     case "integer":
-      return /^-?\d+$/.test(text.trim()) ? { ok: true, value: Number(text) } : { ok: false, expected: "a whole number" };
+      return /^-?\d+$/.test(text.trim())
+        ? { ok: true, value: Number(text) }
+        : { ok: false, expected: "a whole number" };
     case "boolean":
-      return text === "true" || text === "false" ? { ok: true, value: text === "true" } : { ok: false, expected: "true or false" };
+      return text === "true" || text === "false"
+        ? { ok: true, value: text === "true" }
+        : { ok: false, expected: "true or false" };
     case "array": {
       try {
         const value = JSON.parse(text);
-        if (Array.isArray(value)) return { ok: true, value: value.map((v) => (typeof v === "string" ? v : String(v))) };
+        if (Array.isArray(value))
+          return { ok: true, value: value.map((v) => (typeof v === "string" ? v : String(v))) };
       } catch {
         /* reported below */
       }
@@ -542,7 +672,13 @@ export function parseConfig(source: ConfigSource, options: ParseOptions = {}): H
   for (const key of source.values.keys()) {
     if (!declared.has(key)) {
       const hint = closest(key, [...declared.keys()]);
-      problem(key, "an unknown key", hint ? `a declared key; did you mean ${PROJECT}:${hint}?` : "one of the keys declared in Pulumi.yaml");
+      problem(
+        key,
+        "an unknown key",
+        hint
+          ? `a declared key; did you mean ${PROJECT}:${hint}?`
+          : "one of the keys declared in Pulumi.yaml",
+      );
     }
   }
 
@@ -557,15 +693,24 @@ export function parseConfig(source: ConfigSource, options: ParseOptions = {}): H
     const secret = SECRET_KEYS.has(key);
     if (raw === undefined && secret && options.allowUnsetSecrets) {
       unset.add(key);
-      flat[key] = key in REQUIRED_SECRET_STAND_IN ? REQUIRED_SECRET_STAND_IN[key as keyof typeof REQUIRED_SECRET_STAND_IN] : "";
+      flat[key] =
+        key in REQUIRED_SECRET_STAND_IN
+          ? REQUIRED_SECRET_STAND_IN[key as keyof typeof REQUIRED_SECRET_STAND_IN]
+          : "";
       continue;
     }
     if (raw === undefined) {
-      flat[key] = declaration.default ?? (declaration.type === "array" ? [] : declaration.type === "string" ? "" : undefined);
+      flat[key] =
+        declaration.default ??
+        (declaration.type === "array" ? [] : declaration.type === "string" ? "" : undefined);
       continue;
     }
     if (secret && !raw.secret && raw.text !== "") {
-      problem(key, "a plain-text value", `a secret: set it with \`pulumi config set --secret ${key} <value>\``);
+      problem(
+        key,
+        "a plain-text value",
+        `a secret: set it with \`pulumi config set --secret ${key} <value>\``,
+      );
     }
     if (!secret && raw.secret) {
       problem(key, "an encrypted value", "a plain value (this key is not a secret)");
@@ -573,7 +718,10 @@ export function parseConfig(source: ConfigSource, options: ParseOptions = {}): H
     }
     if (raw.opaque) {
       opaque.add(key);
-      flat[key] = key in REQUIRED_SECRET_STAND_IN ? REQUIRED_SECRET_STAND_IN[key as keyof typeof REQUIRED_SECRET_STAND_IN] : "[secret]";
+      flat[key] =
+        key in REQUIRED_SECRET_STAND_IN
+          ? REQUIRED_SECRET_STAND_IN[key as keyof typeof REQUIRED_SECRET_STAND_IN]
+          : "[secret]";
       continue;
     }
     const decoded = decode(raw.text, declaration.type);
@@ -591,7 +739,10 @@ export function parseConfig(source: ConfigSource, options: ParseOptions = {}): H
       continue;
     }
     for (const issue of result.error.issues) {
-      const value = issue.path.reduce<unknown>((v, k) => (v as Record<PropertyKey, unknown>)?.[k], flat[key]);
+      const value = issue.path.reduce<unknown>(
+        (v, k) => (v as Record<PropertyKey, unknown>)?.[k],
+        flat[key],
+      );
       const where = key + issue.path.map((r) => `[${String(r)}]`).join("");
       problem(where, shown(value, SECRET_KEYS.has(key)), issue.message);
     }
@@ -601,7 +752,8 @@ export function parseConfig(source: ConfigSource, options: ParseOptions = {}): H
   const warn = (w: string) => warnings.push(w);
   for (const key of unset) if (key in REQUIRED_SECRET_STAND_IN) warn(unsetSecretWarning(key));
   for (const rule of rules) {
-    if (rule.reads.every((key) => key in values)) rule.check(values as Flat, { opaque, unset, problem, warn });
+    if (rule.reads.every((key) => key in values))
+      rule.check(values as Flat, { opaque, unset, problem, warn });
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze(assemble(source, values as Flat, warnings));
@@ -633,7 +785,8 @@ interface Rule {
   check(v: Flat, ctx: RuleContext): void;
 }
 
-const hasSecret = (v: Flat, ctx: RuleContext, key: ConfigKey) => v[key] !== "" || ctx.opaque.has(key);
+const hasSecret = (v: Flat, ctx: RuleContext, key: ConfigKey) =>
+  v[key] !== "" || ctx.opaque.has(key);
 
 /** The traps an operator falls into, each with what it would cost. */
 const rules: readonly Rule[] = [
@@ -660,7 +813,11 @@ const rules: readonly Rule[] = [
         );
       }
       if (depth >= 1 && excluded.length > 0) {
-        problem("rateLimit.excludedIPs", JSON.stringify(excluded), "an empty list when rateLimit.depth is set: Traefik ignores excludedIPs then");
+        problem(
+          "rateLimit.excludedIPs",
+          JSON.stringify(excluded),
+          "an empty list when rateLimit.depth is set: Traefik ignores excludedIPs then",
+        );
       }
       if (trusted.length > 0 && depth === 0 && excluded.length === 0) {
         warn(
@@ -684,7 +841,11 @@ const rules: readonly Rule[] = [
       });
       v["rateLimit.exempt"].forEach((entry, i) => {
         if (prefixLength(entry) >= shortest) return;
-        problem(`rateLimit.exempt[${i}]`, JSON.stringify(entry), `your own senders' addresses (/${shortest} or longer): this would exempt much of the internet from the relay's limits`);
+        problem(
+          `rateLimit.exempt[${i}]`,
+          JSON.stringify(entry),
+          `your own senders' addresses (/${shortest} or longer): this would exempt much of the internet from the relay's limits`,
+        );
       });
     },
   },
@@ -694,10 +855,18 @@ const rules: readonly Rule[] = [
       const method = v["proxmox.authMethod"];
       const username = v["proxmox.username"];
       if (method === "apiToken" && !proxmoxTokenId.test(username)) {
-        problem("proxmox.username", JSON.stringify(username), "an API token id user@realm!tokenname (proxmox.authMethod is apiToken)");
+        problem(
+          "proxmox.username",
+          JSON.stringify(username),
+          "an API token id user@realm!tokenname (proxmox.authMethod is apiToken)",
+        );
       }
       if (method === "password" && !proxmoxUser.test(username)) {
-        problem("proxmox.username", JSON.stringify(username), "a user such as root@pam (proxmox.authMethod is password)");
+        problem(
+          "proxmox.username",
+          JSON.stringify(username),
+          "a user such as root@pam (proxmox.authMethod is password)",
+        );
       }
       if (v["lxc.keyctl"] && !(method === "password" && username === "root@pam")) {
         problem(
@@ -726,17 +895,35 @@ const rules: readonly Rule[] = [
       const cidr = ipaddr.IPv4.parseCIDR(v["lxc.ipv4"]);
       const gateway = ipaddr.IPv4.parse(v["lxc.gateway"]);
       if (!gateway.match(cidr)) {
-        problem("lxc.gateway", JSON.stringify(v["lxc.gateway"]), `an address inside ${v["lxc.ipv4"]}'s network, or the container has no route out`);
+        problem(
+          "lxc.gateway",
+          JSON.stringify(v["lxc.gateway"]),
+          `an address inside ${v["lxc.ipv4"]}'s network, or the container has no route out`,
+        );
       } else if (gateway.toString() === cidr[0].toString()) {
-        problem("lxc.gateway", JSON.stringify(v["lxc.gateway"]), "another address than the container's own");
+        problem(
+          "lxc.gateway",
+          JSON.stringify(v["lxc.gateway"]),
+          "another address than the container's own",
+        );
       }
     },
   },
   {
-    reads: ["traefik.webPort", "traefik.websecurePort", "traefik.smtpsPort", "traefik.submissionPort"],
+    reads: [
+      "traefik.webPort",
+      "traefik.websecurePort",
+      "traefik.smtpsPort",
+      "traefik.submissionPort",
+    ],
     check(v, { problem }) {
       const seen = new Map<number, string>();
-      for (const key of ["traefik.webPort", "traefik.websecurePort", "traefik.smtpsPort", "traefik.submissionPort"] as const) {
+      for (const key of [
+        "traefik.webPort",
+        "traefik.websecurePort",
+        "traefik.smtpsPort",
+        "traefik.submissionPort",
+      ] as const) {
         const other = seen.get(v[key]);
         if (other) problem(key, String(v[key]), `a port not already used by ${PROJECT}:${other}`);
         seen.set(v[key], key);
@@ -756,21 +943,37 @@ const rules: readonly Rule[] = [
         );
       }
       if (!imageTag(v["relay.image"])) {
-        problem("relay.image", JSON.stringify(v["relay.image"]), "an image pinned to a version tag, such as boky/postfix:v5.2.1-alpine (not latest)");
+        problem(
+          "relay.image",
+          JSON.stringify(v["relay.image"]),
+          "an image pinned to a version tag, such as boky/postfix:v5.2.1-alpine (not latest)",
+        );
       }
     },
   },
   {
-    reads: ["acme.challenge", "acme.dnsProvider", "acme.dnsTokenEnv", "acme.dnsProviderToken", "traefik.webPort"],
+    reads: [
+      "acme.challenge",
+      "acme.dnsProvider",
+      "acme.dnsTokenEnv",
+      "acme.dnsProviderToken",
+      "traefik.webPort",
+    ],
     check(v, ctx) {
       const { problem, warn } = ctx;
       if (v["acme.challenge"] === "http" && v["traefik.webPort"] !== 80) {
-        warn(`acme.challenge http: Let's Encrypt connects to port 80; traefik.webPort is ${v["traefik.webPort"]}, so port 80 must be forwarded to it`);
+        warn(
+          `acme.challenge http: Let's Encrypt connects to port 80; traefik.webPort is ${v["traefik.webPort"]}, so port 80 must be forwarded to it`,
+        );
       }
       if (v["acme.challenge"] !== "dns") return;
       const provider = v["acme.dnsProvider"];
       if (provider === "") {
-        problem("acme.dnsProvider", "nothing", "a DNS provider code such as cloudflare: the dns challenge has no way to publish its TXT record without one");
+        problem(
+          "acme.dnsProvider",
+          "nothing",
+          "a DNS provider code such as cloudflare: the dns challenge has no way to publish its TXT record without one",
+        );
       } else if (v["acme.dnsTokenEnv"] === "" && !DNS_TOKEN_ENV[provider]) {
         problem(
           "acme.dnsTokenEnv",
@@ -780,7 +983,11 @@ const rules: readonly Rule[] = [
       }
       if (ctx.unset.has("acme.dnsProviderToken")) warn(unsetSecretWarning("acme.dnsProviderToken"));
       else if (!hasSecret(v, ctx, "acme.dnsProviderToken")) {
-        problem("acme.dnsProviderToken", "nothing", "the DNS provider's API token, set with --secret (the dns challenge needs it)");
+        problem(
+          "acme.dnsProviderToken",
+          "nothing",
+          "the DNS provider's API token, set with --secret (the dns challenge needs it)",
+        );
       }
     },
   },
@@ -790,11 +997,21 @@ const rules: readonly Rule[] = [
       const user = v["relay.upstreamUsername"];
       const hasPassword = hasSecret(v, ctx, "relay.upstreamPassword");
       if (user !== "" && !hasPassword) {
-        if (ctx.unset.has("relay.upstreamPassword")) ctx.warn(unsetSecretWarning("relay.upstreamPassword"));
-        else ctx.problem("relay.upstreamPassword", "nothing", "the smarthost password, set with --secret (relay.upstreamUsername is set)");
+        if (ctx.unset.has("relay.upstreamPassword"))
+          ctx.warn(unsetSecretWarning("relay.upstreamPassword"));
+        else
+          ctx.problem(
+            "relay.upstreamPassword",
+            "nothing",
+            "the smarthost password, set with --secret (relay.upstreamUsername is set)",
+          );
       }
       if (user === "" && hasPassword) {
-        ctx.problem("relay.upstreamUsername", "nothing", "the smarthost login that goes with relay.upstreamPassword");
+        ctx.problem(
+          "relay.upstreamUsername",
+          "nothing",
+          "the smarthost login that goes with relay.upstreamPassword",
+        );
       }
     },
   },
@@ -805,14 +1022,26 @@ const rules: readonly Rule[] = [
       const logins = v["relay.clientLogins"].split(",").map((l) => l.trim());
       const names = logins.map((l) => l.slice(0, Math.max(0, l.indexOf(":"))));
       if (logins.some((l) => !/^[^\s:,]+:\S{12,}$/.test(l))) {
-        ctx.problem("relay.clientLogins", "[secret]", "user:password pairs separated by commas, each password 12 characters or longer");
+        ctx.problem(
+          "relay.clientLogins",
+          "[secret]",
+          "user:password pairs separated by commas, each password 12 characters or longer",
+        );
       } else if (new Set(names).size !== names.length) {
         ctx.problem("relay.clientLogins", "[secret]", "each user once");
       }
     },
   },
   {
-    reads: ["edge.extraHosts", "lxc.vmId", "lxc.ipv4", "lxc.gateway", "rateLimit.average", "redis.password", "redis.image"],
+    reads: [
+      "edge.extraHosts",
+      "lxc.vmId",
+      "lxc.ipv4",
+      "lxc.gateway",
+      "rateLimit.average",
+      "redis.password",
+      "redis.image",
+    ],
     check(v, ctx) {
       const extra = v["edge.extraHosts"].map((t) => parseExtraHost(t)!);
       if (extra.length === 0) return;
@@ -823,9 +1052,18 @@ const rules: readonly Rule[] = [
         const key = `edge.extraHosts[${i}]`;
         const address = host.ipv4.split("/")[0];
         const taken = vmIds.get(host.vmId) ?? addresses.get(address);
-        if (taken) ctx.problem(key, JSON.stringify(v["edge.extraHosts"][i]), `a container id and address not already used by ${PROJECT}:${taken}`);
+        if (taken)
+          ctx.problem(
+            key,
+            JSON.stringify(v["edge.extraHosts"][i]),
+            `a container id and address not already used by ${PROJECT}:${taken}`,
+          );
         if (!gateway.match(ipaddr.IPv4.parseCIDR(host.ipv4))) {
-          ctx.problem(key, JSON.stringify(v["edge.extraHosts"][i]), `an address in the network of lxc.gateway ${v["lxc.gateway"]}, which every host uses`);
+          ctx.problem(
+            key,
+            JSON.stringify(v["edge.extraHosts"][i]),
+            `an address in the network of lxc.gateway ${v["lxc.gateway"]}, which every host uses`,
+          );
         }
         vmIds.set(host.vmId, key);
         addresses.set(address, key);
@@ -839,10 +1077,18 @@ const rules: readonly Rule[] = [
       }
       if (ctx.unset.has("redis.password")) ctx.warn(unsetSecretWarning("redis.password"));
       else if (!hasSecret(v, ctx, "redis.password")) {
-        ctx.problem("redis.password", "nothing", "a password for the shared Redis, set with --secret (edge.extraHosts is set)");
+        ctx.problem(
+          "redis.password",
+          "nothing",
+          "a password for the shared Redis, set with --secret (edge.extraHosts is set)",
+        );
       }
       if (!imageTag(v["redis.image"])) {
-        ctx.problem("redis.image", JSON.stringify(v["redis.image"]), "an image pinned to a version tag, such as valkey/valkey:8.1.11-alpine");
+        ctx.problem(
+          "redis.image",
+          JSON.stringify(v["redis.image"]),
+          "an image pinned to a version tag, such as valkey/valkey:8.1.11-alpine",
+        );
       }
     },
   },
@@ -851,16 +1097,32 @@ const rules: readonly Rule[] = [
     check(v, { problem }) {
       if (!v["fail2ban.enabled"]) return;
       if (!imageTag(v["fail2ban.image"])) {
-        problem("fail2ban.image", JSON.stringify(v["fail2ban.image"]), "an image pinned to a version tag, such as crazymax/fail2ban:1.1.0");
+        problem(
+          "fail2ban.image",
+          JSON.stringify(v["fail2ban.image"]),
+          "an image pinned to a version tag, such as crazymax/fail2ban:1.1.0",
+        );
       }
       if (parsePostfixTime(v["fail2ban.banTime"])! < parsePostfixTime(v["fail2ban.findTime"])!) {
-        problem("fail2ban.banTime", JSON.stringify(v["fail2ban.banTime"]), "at least fail2ban.findTime: a shorter ban lets the prober back in before its failures are forgotten");
+        problem(
+          "fail2ban.banTime",
+          JSON.stringify(v["fail2ban.banTime"]),
+          "at least fail2ban.findTime: a shorter ban lets the prober back in before its failures are forgotten",
+        );
       }
     },
   },
   {
     // One policy, every layer: the planned legitimate burst must pass all of them.
-    reads: ["relay.expectedBurst", "rateLimit.messages", "rateLimit.average", "rateLimit.period", "rateLimit.burst", "rateLimit.window", "rateLimit.authAttempts"],
+    reads: [
+      "relay.expectedBurst",
+      "rateLimit.messages",
+      "rateLimit.average",
+      "rateLimit.period",
+      "rateLimit.burst",
+      "rateLimit.window",
+      "rateLimit.authAttempts",
+    ],
     check(v, { problem, warn }) {
       const burst = v["relay.expectedBurst"];
       const connections = connectionRateLimit(
@@ -897,7 +1159,12 @@ const rules: readonly Rule[] = [
  * Connections per window the relay allows one client: what the token bucket refills in a
  * window plus the burst it starts with. 0 = no limit (average 0).
  */
-export function connectionRateLimit(average: number, periodSeconds: number, burst: number, windowSeconds: number): number {
+export function connectionRateLimit(
+  average: number,
+  periodSeconds: number,
+  burst: number,
+  windowSeconds: number,
+): number {
   if (average === 0) return 0;
   return Math.ceil((average * windowSeconds) / periodSeconds) + burst;
 }
@@ -907,13 +1174,22 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
   const depth = v["rateLimit.depth"];
   const excluded = v["rateLimit.excludedIPs"];
   const sourceCriterion: SourceCriterion =
-    depth > 0 ? { kind: "depth", depth } : excluded.length > 0 ? { kind: "excludedIPs", excludedIPs: excluded } : { kind: "remoteAddr" };
+    depth > 0
+      ? { kind: "depth", depth }
+      : excluded.length > 0
+        ? { kind: "excludedIPs", excludedIPs: excluded }
+        : { kind: "remoteAddr" };
   const checksum = v["proxmox.templateChecksum"];
   const url = v["proxmox.templateUrl"];
   const provider = v["acme.dnsProvider"];
   const challenge: AcmeChallenge =
     v["acme.challenge"] === "dns"
-      ? { type: "dns", provider, tokenEnv: v["acme.dnsTokenEnv"] || DNS_TOKEN_ENV[provider], token: secret("acme.dnsProviderToken") }
+      ? {
+          type: "dns",
+          provider,
+          tokenEnv: v["acme.dnsTokenEnv"] || DNS_TOKEN_ENV[provider],
+          token: secret("acme.dnsProviderToken"),
+        }
       : { type: v["acme.challenge"] };
 
   const config: Omit<HomelabConfig, "hosts" | "redis" | "fail2ban"> = {
@@ -925,8 +1201,16 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
       node: v["proxmox.node"],
       auth:
         v["proxmox.authMethod"] === "apiToken"
-          ? { method: "apiToken", tokenId: v["proxmox.username"], secret: secret("proxmox.credential") }
-          : { method: "password", username: v["proxmox.username"], password: secret("proxmox.credential") },
+          ? {
+              method: "apiToken",
+              tokenId: v["proxmox.username"],
+              secret: secret("proxmox.credential"),
+            }
+          : {
+              method: "password",
+              username: v["proxmox.username"],
+              password: secret("proxmox.credential"),
+            },
       datastore: v["proxmox.datastore"],
       templateDatastore: v["proxmox.templateDatastore"],
       template: v["proxmox.templateFileId"]
@@ -935,7 +1219,14 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
             kind: "download",
             url,
             fileName: url.slice(url.lastIndexOf("/") + 1),
-            ...(checksum ? { checksum: { algorithm: checksum.split(":")[0].toLowerCase(), value: checksum.split(":")[1].toLowerCase() } } : {}),
+            ...(checksum
+              ? {
+                  checksum: {
+                    algorithm: checksum.split(":")[0].toLowerCase(),
+                    value: checksum.split(":")[1].toLowerCase(),
+                  },
+                }
+              : {}),
           },
     },
     lxc: {
@@ -993,7 +1284,9 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
       upstream: {
         host: v["relay.upstreamHost"],
         port: v["relay.upstreamPort"],
-        ...(v["relay.upstreamUsername"] ? { username: v["relay.upstreamUsername"], password: secret("relay.upstreamPassword") } : {}),
+        ...(v["relay.upstreamUsername"]
+          ? { username: v["relay.upstreamUsername"], password: secret("relay.upstreamPassword") }
+          : {}),
       },
       clientLogins: secret("relay.clientLogins"),
       allowedSenderDomains: v["relay.allowedSenderDomains"].map((d) => d.toLowerCase()),
@@ -1009,16 +1302,35 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
       const host = parseExtraHost(text)!;
       return {
         proxmox: { ...config.proxmox, node: host.node },
-        lxc: { ...config.lxc, vmId: host.vmId, hostname: host.hostname ?? `${config.lxc.hostname}-${i + 2}`, ipv4: host.ipv4, address: host.ipv4.split("/")[0] },
+        lxc: {
+          ...config.lxc,
+          vmId: host.vmId,
+          hostname: host.hostname ?? `${config.lxc.hostname}-${i + 2}`,
+          ipv4: host.ipv4,
+          address: host.ipv4.split("/")[0],
+        },
       };
     }),
   ];
-  const fail2banIgnore = ["127.0.0.0/8", "::1", ...v["fail2ban.ignoreIPs"], ...v["rateLimit.exempt"], ...v["traefik.trustedProxies"]];
+  const fail2banIgnore = [
+    "127.0.0.0/8",
+    "::1",
+    ...v["fail2ban.ignoreIPs"],
+    ...v["rateLimit.exempt"],
+    ...v["traefik.trustedProxies"],
+  ];
   return {
     ...config,
     hosts,
     ...(hosts.length > 1
-      ? { redis: { image: v["redis.image"], port: v["redis.port"], password: secret("redis.password"), host: config.lxc.address } }
+      ? {
+          redis: {
+            image: v["redis.image"],
+            port: v["redis.port"],
+            password: secret("redis.password"),
+            host: config.lxc.address,
+          },
+        }
       : {}),
     ...(v["fail2ban.enabled"]
       ? {
@@ -1035,7 +1347,12 @@ function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabCon
 }
 
 function deepFreeze<T>(value: T): T {
-  if (value && typeof value === "object" && !Object.isFrozen(value) && !pulumi.Output.isInstance(value)) {
+  if (
+    value &&
+    typeof value === "object" &&
+    !Object.isFrozen(value) &&
+    !pulumi.Output.isInstance(value)
+  ) {
     Object.freeze(value);
     for (const child of Object.values(value)) deepFreeze(child);
   }

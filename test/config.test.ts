@@ -24,7 +24,11 @@ function devWith(overrides: Record<string, unknown>): ConfigSource {
   const values = new Map<string, RawValue>(source.values);
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) values.delete(key);
-    else values.set(key, { text: typeof value === "string" ? value : JSON.stringify(value), secret: false });
+    else
+      values.set(key, {
+        text: typeof value === "string" ? value : JSON.stringify(value),
+        secret: false,
+      });
   }
   return { ...source, values };
 }
@@ -32,7 +36,8 @@ function devWith(overrides: Record<string, unknown>): ConfigSource {
 /** Secrets as `pulumi up` hands them over: decrypted, marked secret. */
 const decryptedSecrets: Record<string, string> = {
   "proxmox.credential": "5e4a1f0c-8d3b-4c6e-9a71-2b0f3d4e5a6b",
-  "lxc.sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+  "lxc.sshPrivateKey":
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
   "relay.clientLogins": "alerts:correct-horse-battery,backup:staple-staple-staple",
   "relay.upstreamPassword": "smarthost-password",
   "acme.dnsProviderToken": "cf-token-0123456789",
@@ -71,18 +76,25 @@ describe("Pulumi.yaml declares every key the program reads", () => {
     expect([...declared.keys()].sort()).toEqual([...CONFIG_KEYS].sort());
   });
 
-  it.each(CONFIG_KEYS)("%s has a type and a description, and a default unless it is a required secret", (key) => {
-    const d = declared.get(key)!;
-    expect(["string", "integer", "boolean", "array"]).toContain(d.type);
-    expect(d.description.length).toBeGreaterThan(10);
-    if (!d.secret) expect(d.default).not.toBeUndefined();
-    if (d.secret) expect(SECRET_KEYS.has(key)).toBe(true);
-  });
+  it.each(CONFIG_KEYS)(
+    "%s has a type and a description, and a default unless it is a required secret",
+    (key) => {
+      const d = declared.get(key)!;
+      expect(["string", "integer", "boolean", "array"]).toContain(d.type);
+      expect(d.description.length).toBeGreaterThan(10);
+      if (!d.secret) expect(d.default).not.toBeUndefined();
+      if (d.secret) expect(SECRET_KEYS.has(key)).toBe(true);
+    },
+  );
 
   it("declares each default in its own type", () => {
     for (const [key, d] of declared) {
       if (d.default === undefined) continue;
-      const kind = Array.isArray(d.default) ? "array" : Number.isInteger(d.default) ? "integer" : typeof d.default;
+      const kind = Array.isArray(d.default)
+        ? "array"
+        : Number.isInteger(d.default)
+          ? "integer"
+          : typeof d.default;
       expect(kind, key).toBe(d.type);
     }
   });
@@ -99,10 +111,13 @@ describe("the example stacks", () => {
     expect(Object.isFrozen(config.rateLimit)).toBe(true);
   });
 
-  it.each(["dev", "prod"])("%s parses offline with its secrets unset, and warns about each", (stack) => {
-    const config = parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
-    expect(config.warnings.join("\n")).toContain("relay.clientLogins is not set");
-  });
+  it.each(["dev", "prod"])(
+    "%s parses offline with its secrets unset, and warns about each",
+    (stack) => {
+      const config = parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
+      expect(config.warnings.join("\n")).toContain("relay.clientLogins is not set");
+    },
+  );
 
   it("differ where environments differ", () => {
     const dev = parseConfig(withSecrets(loadStackFile("dev")));
@@ -117,7 +132,9 @@ describe("the example stacks", () => {
 
   it("commit no secret values", () => {
     for (const stack of listStacks()) {
-      const doc = YAML.parse(fs.readFileSync(path.join(PROJECT_DIR, "stacks", `Pulumi.${stack}.yaml`), "utf8"));
+      const doc = YAML.parse(
+        fs.readFileSync(path.join(PROJECT_DIR, "stacks", `Pulumi.${stack}.yaml`), "utf8"),
+      );
       const keys = Object.keys(doc.config).map((k) => k.split(":")[1]);
       expect(keys.filter((k) => SECRET_KEYS.has(k as never))).toEqual([]);
     }
@@ -131,48 +148,202 @@ describe("the example stacks", () => {
 describe("invalid configuration is rejected with the key named", () => {
   const cases: [string, Record<string, unknown>, string, RegExp][] = [
     ["burst below 1", { "rateLimit.burst": 0 }, "rateLimit.burst", /found 0; expected at least 1/],
-    ["negative average", { "rateLimit.average": -5 }, "rateLimit.average", /found -5; expected 0 \(no limit\) or more/],
-    ["unparsable period", { "rateLimit.period": "fortnight" }, "rateLimit.period", /found "fortnight"; expected a positive duration/],
-    ["invalid trusted proxy", { "traefik.trustedProxies": ["10.0.0.300"] }, "traefik.trustedProxies[0]", /found "10.0.0.300"/],
-    ["invalid CIDR", { "traefik.smtpAllowList": ["10.0.0.0/33"] }, "traefik.smtpAllowList[0]", /CIDR/],
-    ["depth without trusted proxies", { "rateLimit.depth": 1 }, "rateLimit.depth", /every client on the internet would share one rate-limit bucket/],
-    ["excludedIPs without trusted proxies", { "rateLimit.excludedIPs": ["10.0.0.0/8"] }, "rateLimit.excludedIPs", /share one rate-limit bucket/],
+    [
+      "negative average",
+      { "rateLimit.average": -5 },
+      "rateLimit.average",
+      /found -5; expected 0 \(no limit\) or more/,
+    ],
+    [
+      "unparsable period",
+      { "rateLimit.period": "fortnight" },
+      "rateLimit.period",
+      /found "fortnight"; expected a positive duration/,
+    ],
+    [
+      "invalid trusted proxy",
+      { "traefik.trustedProxies": ["10.0.0.300"] },
+      "traefik.trustedProxies[0]",
+      /found "10.0.0.300"/,
+    ],
+    [
+      "invalid CIDR",
+      { "traefik.smtpAllowList": ["10.0.0.0/33"] },
+      "traefik.smtpAllowList[0]",
+      /CIDR/,
+    ],
+    [
+      "depth without trusted proxies",
+      { "rateLimit.depth": 1 },
+      "rateLimit.depth",
+      /every client on the internet would share one rate-limit bucket/,
+    ],
+    [
+      "excludedIPs without trusted proxies",
+      { "rateLimit.excludedIPs": ["10.0.0.0/8"] },
+      "rateLimit.excludedIPs",
+      /share one rate-limit bucket/,
+    ],
     [
       "depth and excludedIPs together",
-      { "traefik.trustedProxies": ["10.30.0.2"], "rateLimit.depth": 1, "rateLimit.excludedIPs": ["10.0.0.0/8"] },
+      {
+        "traefik.trustedProxies": ["10.30.0.2"],
+        "rateLimit.depth": 1,
+        "rateLimit.excludedIPs": ["10.0.0.0/8"],
+      },
       "rateLimit.excludedIPs",
       /Traefik ignores excludedIPs/,
     ],
-    ["container id below Proxmox's range", { "lxc.vmId": 99 }, "lxc.vmId", /found 99; expected at least 100/],
-    ["container id above Proxmox's range", { "lxc.vmId": 1_000_000_000 }, "lxc.vmId", /at most 999999999/],
+    [
+      "container id below Proxmox's range",
+      { "lxc.vmId": 99 },
+      "lxc.vmId",
+      /found 99; expected at least 100/,
+    ],
+    [
+      "container id above Proxmox's range",
+      { "lxc.vmId": 1_000_000_000 },
+      "lxc.vmId",
+      /at most 999999999/,
+    ],
     ["keyctl with an API token", { "lxc.keyctl": true }, "lxc.keyctl", /only root@pam/],
-    ["dns challenge without provider", { "acme.dnsProvider": "" }, "acme.dnsProvider", /dns challenge/],
-    ["trusting the whole internet", { "traefik.trustedProxies": ["0.0.0.0/0"] }, "traefik.trustedProxies[0]", /forge X-Forwarded-For/],
-    ["exempting the whole internet", { "rateLimit.exempt": ["::/0"] }, "rateLimit.exempt[0]", /exempt much of the internet/],
+    [
+      "dns challenge without provider",
+      { "acme.dnsProvider": "" },
+      "acme.dnsProvider",
+      /dns challenge/,
+    ],
+    [
+      "trusting the whole internet",
+      { "traefik.trustedProxies": ["0.0.0.0/0"] },
+      "traefik.trustedProxies[0]",
+      /forge X-Forwarded-For/,
+    ],
+    [
+      "exempting the whole internet",
+      { "rateLimit.exempt": ["::/0"] },
+      "rateLimit.exempt[0]",
+      /exempt much of the internet/,
+    ],
     ["inFlight 0", { "rateLimit.inFlight": 0 }, "rateLimit.inFlight", /refuses every connection/],
-    ["empty SMTP allow list", { "traefik.smtpAllowList": [] }, "traefik.smtpAllowList", /empty ipAllowList/],
-    ["AUTH limit off", { "rateLimit.authAttempts": 0 }, "rateLimit.authAttempts", /brute force unlimited/],
-    ["gateway outside the network", { "lxc.gateway": "10.31.0.1" }, "lxc.gateway", /inside 10\.30\.0\.25\/24/],
-    ["two entry points on one port", { "traefik.smtpsPort": 587 }, "traefik.submissionPort", /already used by homelab-smtp:traefik.smtpsPort/],
-    ["unpinned Traefik", { "traefik.image": "traefik:latest" }, "traefik.image", /pinned to v3\.5\.2 or later/],
-    ["Traefik too old for PROXY to backends", { "traefik.image": "traefik:v3.4.1" }, "traefik.image", /v3\.5\.2 or later/],
+    [
+      "empty SMTP allow list",
+      { "traefik.smtpAllowList": [] },
+      "traefik.smtpAllowList",
+      /empty ipAllowList/,
+    ],
+    [
+      "AUTH limit off",
+      { "rateLimit.authAttempts": 0 },
+      "rateLimit.authAttempts",
+      /brute force unlimited/,
+    ],
+    [
+      "gateway outside the network",
+      { "lxc.gateway": "10.31.0.1" },
+      "lxc.gateway",
+      /inside 10\.30\.0\.25\/24/,
+    ],
+    [
+      "two entry points on one port",
+      { "traefik.smtpsPort": 587 },
+      "traefik.submissionPort",
+      /already used by homelab-smtp:traefik.smtpsPort/,
+    ],
+    [
+      "unpinned Traefik",
+      { "traefik.image": "traefik:latest" },
+      "traefik.image",
+      /pinned to v3\.5\.2 or later/,
+    ],
+    [
+      "Traefik too old for PROXY to backends",
+      { "traefik.image": "traefik:v3.4.1" },
+      "traefik.image",
+      /v3\.5\.2 or later/,
+    ],
     ["unpinned relay image", { "relay.image": "boky/postfix" }, "relay.image", /pinned/],
-    ["planned burst above the message limit", { "relay.expectedBurst": 31 }, "rateLimit.messages", /too much mail/],
-    ["planned burst above the connection budget", { "relay.expectedBurst": 30, "rateLimit.messages": 100, "rateLimit.average": 5 }, "rateLimit.burst", /answer the rest with 421/],
-    ["unknown key", { "rateLimit.brust": 5 }, "rateLimit.brust", /did you mean homelab-smtp:rateLimit.burst/],
+    [
+      "planned burst above the message limit",
+      { "relay.expectedBurst": 31 },
+      "rateLimit.messages",
+      /too much mail/,
+    ],
+    [
+      "planned burst above the connection budget",
+      { "relay.expectedBurst": 30, "rateLimit.messages": 100, "rateLimit.average": 5 },
+      "rateLimit.burst",
+      /answer the rest with 421/,
+    ],
+    [
+      "unknown key",
+      { "rateLimit.brust": 5 },
+      "rateLimit.brust",
+      /did you mean homelab-smtp:rateLimit.burst/,
+    ],
     ["not a number", { "lxc.cores": "two" }, "lxc.cores", /found "two"; expected a whole number/],
-    ["API token id without token name", { "proxmox.username": "pulumi@pve" }, "proxmox.username", /user@realm!tokenname/],
-    ["no sender domains", { "relay.allowedSenderDomains": [] }, "relay.allowedSenderDomains", /any domain/],
-    ["upstream login without password", { "relay.upstreamUsername": "me@example.net" }, "relay.upstreamPassword", /--secret/],
+    [
+      "API token id without token name",
+      { "proxmox.username": "pulumi@pve" },
+      "proxmox.username",
+      /user@realm!tokenname/,
+    ],
+    [
+      "no sender domains",
+      { "relay.allowedSenderDomains": [] },
+      "relay.allowedSenderDomains",
+      /any domain/,
+    ],
+    [
+      "upstream login without password",
+      { "relay.upstreamUsername": "me@example.net" },
+      "relay.upstreamPassword",
+      /--secret/,
+    ],
     ["no SSH key", { "lxc.sshPublicKeys": [] }, "lxc.sshPublicKeys", /at least one/],
-    ["an SSH user Proxmox gives no key", { "lxc.sshUser": "deploy" }, "lxc.sshUser", /for root only/],
+    [
+      "an SSH user Proxmox gives no key",
+      { "lxc.sshUser": "deploy" },
+      "lxc.sshUser",
+      /for root only/,
+    ],
     ["VLAN out of range", { "lxc.vlan": 4095 }, "lxc.vlan", /at most 4094/],
-    ["extra host not in the form", { "edge.extraHosts": ["pve2 126 10.30.0.26/24"] }, "edge.extraHosts[0]", /node=<proxmox node>,vmId=/],
-    ["extra host reusing the container id", { "edge.extraHosts": ["node=pve2,vmId=9125,ipv4=10.30.0.26/24"] }, "edge.extraHosts[0]", /already used by homelab-smtp:lxc.vmId/],
-    ["extra host outside the gateway's network", { "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.31.0.26/24"] }, "edge.extraHosts[0]", /network of lxc.gateway/],
-    ["shared buckets with average 0", { "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.30.0.26/24"], "rateLimit.average": 0 }, "rateLimit.average", /429 to every request/],
-    ["ban shorter than the find window", { "fail2ban.banTime": "5m", "fail2ban.findTime": "10m" }, "fail2ban.banTime", /at least fail2ban.findTime/],
-    ["fail2ban never bans the operator's networks, so they must be addresses", { "fail2ban.ignoreIPs": ["my-lan"] }, "fail2ban.ignoreIPs[0]", /address or CIDR/],
+    [
+      "extra host not in the form",
+      { "edge.extraHosts": ["pve2 126 10.30.0.26/24"] },
+      "edge.extraHosts[0]",
+      /node=<proxmox node>,vmId=/,
+    ],
+    [
+      "extra host reusing the container id",
+      { "edge.extraHosts": ["node=pve2,vmId=9125,ipv4=10.30.0.26/24"] },
+      "edge.extraHosts[0]",
+      /already used by homelab-smtp:lxc.vmId/,
+    ],
+    [
+      "extra host outside the gateway's network",
+      { "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.31.0.26/24"] },
+      "edge.extraHosts[0]",
+      /network of lxc.gateway/,
+    ],
+    [
+      "shared buckets with average 0",
+      { "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.30.0.26/24"], "rateLimit.average": 0 },
+      "rateLimit.average",
+      /429 to every request/,
+    ],
+    [
+      "ban shorter than the find window",
+      { "fail2ban.banTime": "5m", "fail2ban.findTime": "10m" },
+      "fail2ban.banTime",
+      /at least fail2ban.findTime/,
+    ],
+    [
+      "fail2ban never bans the operator's networks, so they must be addresses",
+      { "fail2ban.ignoreIPs": ["my-lan"] },
+      "fail2ban.ignoreIPs[0]",
+      /address or CIDR/,
+    ],
   ];
 
   it.each(cases)("%s", (_name, overrides, key, message) => {
@@ -186,14 +357,30 @@ describe("invalid configuration is rejected with the key named", () => {
       error = err as ConfigError;
     }
     expect(error).toBeInstanceOf(ConfigError);
-    const lines = error!.message.split("\n").filter((l) => l.includes(`homelab-smtp:${key} in stacks/Pulumi.dev.yaml`));
+    const lines = error!.message
+      .split("\n")
+      .filter((l) => l.includes(`homelab-smtp:${key} in stacks/Pulumi.dev.yaml`));
     expect(lines.length, error!.message).toBeGreaterThan(0);
     expect(lines.join("\n")).toMatch(message);
   });
 
   it("reports several problems together, before anything is built", () => {
-    const keys = problemsOf(devWith({ "rateLimit.burst": 0, "rateLimit.average": -1, "lxc.vmId": 5, "acme.dnsProvider": "" }));
-    expect(keys).toEqual(expect.arrayContaining(["rateLimit.burst", "rateLimit.average", "lxc.vmId", "acme.dnsProvider"]));
+    const keys = problemsOf(
+      devWith({
+        "rateLimit.burst": 0,
+        "rateLimit.average": -1,
+        "lxc.vmId": 5,
+        "acme.dnsProvider": "",
+      }),
+    );
+    expect(keys).toEqual(
+      expect.arrayContaining([
+        "rateLimit.burst",
+        "rateLimit.average",
+        "lxc.vmId",
+        "acme.dnsProvider",
+      ]),
+    );
   });
 
   it("names the file, the found value and the expectation on one line per problem", () => {
@@ -205,7 +392,8 @@ describe("invalid configuration is rejected with the key named", () => {
   it("refuses a secret in plain text and never prints it", () => {
     const source = devWith({ "relay.clientLogins": "alerts:hunter2-hunter2-hunter2" });
     const values = new Map(source.values);
-    for (const [key, text] of Object.entries(decryptedSecrets)) if (key !== "relay.clientLogins") values.set(key, { text, secret: true });
+    for (const [key, text] of Object.entries(decryptedSecrets))
+      if (key !== "relay.clientLogins") values.set(key, { text, secret: true });
     let message = "";
     try {
       parseConfig({ ...source, values });
@@ -220,7 +408,12 @@ describe("invalid configuration is rejected with the key named", () => {
   it("checks the format of a decrypted secret without showing it", () => {
     let message = "";
     try {
-      parseConfig(withSecrets(loadStackFile("dev"), { ...decryptedSecrets, "relay.clientLogins": "alerts:short" }));
+      parseConfig(
+        withSecrets(loadStackFile("dev"), {
+          ...decryptedSecrets,
+          "relay.clientLogins": "alerts:short",
+        }),
+      );
     } catch (err) {
       message = (err as Error).message;
     }
@@ -238,9 +431,18 @@ describe("several edges", () => {
   });
 
   it("extra hosts share everything but node, id, name and address, and bring a shared Redis on the first host", () => {
-    const source = devWith({ "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.30.0.26/24", "node=pve3,vmId=9127,ipv4=10.30.0.27/24,hostname=edge-c"] });
-    const config = parseConfig(withSecrets(source, { ...decryptedSecrets, "redis.password": "redis-password-123" }));
-    expect(config.hosts.map((h) => [h.proxmox.node, h.lxc.vmId, h.lxc.address, h.lxc.hostname])).toEqual([
+    const source = devWith({
+      "edge.extraHosts": [
+        "node=pve2,vmId=9126,ipv4=10.30.0.26/24",
+        "node=pve3,vmId=9127,ipv4=10.30.0.27/24,hostname=edge-c",
+      ],
+    });
+    const config = parseConfig(
+      withSecrets(source, { ...decryptedSecrets, "redis.password": "redis-password-123" }),
+    );
+    expect(
+      config.hosts.map((h) => [h.proxmox.node, h.lxc.vmId, h.lxc.address, h.lxc.hostname]),
+    ).toEqual([
       ["pve-lab", 9125, "10.30.0.25", "smtp-edge-dev"],
       ["pve2", 9126, "10.30.0.26", "smtp-edge-dev-2"],
       ["pve3", 9127, "10.30.0.27", "edge-c"],
@@ -251,7 +453,13 @@ describe("several edges", () => {
 
   it("never bans loopback, the exempt senders or the trusted proxies", () => {
     const config = parseConfig(withSecrets(loadStackFile("prod")));
-    expect(config.fail2ban?.ignoreIPs).toEqual(expect.arrayContaining(["127.0.0.0/8", ...config.rateLimit.exempt, ...config.traefik.trustedProxies]));
+    expect(config.fail2ban?.ignoreIPs).toEqual(
+      expect.arrayContaining([
+        "127.0.0.0/8",
+        ...config.rateLimit.exempt,
+        ...config.traefik.trustedProxies,
+      ]),
+    );
   });
 });
 
@@ -262,7 +470,9 @@ describe("secrets stay secret", () => {
       config.lxc.sshPrivateKey,
       config.relay.clientLogins,
       config.relay.upstream.password!,
-      config.proxmox.auth.method === "password" ? config.proxmox.auth.password : config.proxmox.auth.secret,
+      config.proxmox.auth.method === "password"
+        ? config.proxmox.auth.password
+        : config.proxmox.auth.secret,
       config.acme.challenge.type === "dns" ? config.acme.challenge.token : undefined,
     ];
     for (const s of secrets) expect(await pulumi.isSecret(s!)).toBe(true);
@@ -295,6 +505,8 @@ describe("the README's configuration reference", () => {
 
 describe("stack files", () => {
   it("a missing stack names the stacks there are", () => {
-    expect(() => loadStackFile("staging")).toThrow(/Pulumi\.staging\.yaml: found no such file; expected a stack file; stacks here: dev, prod/);
+    expect(() => loadStackFile("staging")).toThrow(
+      /Pulumi\.staging\.yaml: found no such file; expected a stack file; stacks here: dev, prod/,
+    );
   });
 });

@@ -6,11 +6,23 @@ import { clearRegistered, maskSecrets, registeredResources, settled, unwrapSecre
 class Pair extends pulumi.ComponentResource {
   constructor(name: string, secret: pulumi.Output<string>) {
     super("homelab:test:Pair", name);
-    const provider = new docker.Provider(`${name}-docker`, { host: "ssh://root@127.0.0.1" }, { parent: this });
-    const network = new docker.Network(`${name}-net`, { name: `${name}-net` }, { parent: this, provider });
+    const provider = new docker.Provider(
+      `${name}-docker`,
+      { host: "ssh://root@127.0.0.1" },
+      { parent: this },
+    );
+    const network = new docker.Network(
+      `${name}-net`,
+      { name: `${name}-net` },
+      { parent: this, provider },
+    );
     new docker.Container(
       `${name}-box`,
-      { image: "busybox:1.37", networksAdvanced: [{ name: network.name }], envs: [pulumi.interpolate`TOKEN=${secret}`] },
+      {
+        image: "busybox:1.37",
+        networksAdvanced: [{ name: network.name }],
+        envs: [pulumi.interpolate`TOKEN=${secret}`],
+      },
       { parent: this, provider, dependsOn: [network] },
     );
     this.registerOutputs({});

@@ -23,7 +23,8 @@ function shownDefault(value: unknown, secret: boolean | undefined): string {
 /** The reference table, one row per key in Pulumi.yaml's order. */
 export function configTable(): string {
   const rows = [...declaredKeys()].map(
-    ([key, d]) => `| \`${key}\` | ${d.type} | ${shownDefault(d.default, d.secret)} | ${cell(d.description)} |`,
+    ([key, d]) =>
+      `| \`${key}\` | ${d.type} | ${shownDefault(d.default, d.secret)} | ${cell(d.description)} |`,
   );
   return ["| key | type | default | meaning |", "|---|---|---|---|", ...rows].join("\n");
 }
@@ -32,7 +33,8 @@ export function configTable(): string {
 export function withCurrentTable(readme: string): string {
   const start = readme.indexOf(TABLE_START);
   const end = readme.indexOf(TABLE_END);
-  if (start < 0 || end < start) throw new Error(`README.md has no ${TABLE_START} ... ${TABLE_END} markers`);
+  if (start < 0 || end < start)
+    throw new Error(`README.md has no ${TABLE_START} ... ${TABLE_END} markers`);
   return `${readme.slice(0, start + TABLE_START.length)}\n${configTable()}\n${readme.slice(end)}`;
 }
 

@@ -26,7 +26,11 @@ const SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d";
 const SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270";
 
 export function isSecretValue(value: unknown): value is { value: unknown } {
-  return typeof value === "object" && value !== null && (value as Record<string, unknown>)[SECRET_SIG_KEY] === SECRET_SIG;
+  return (
+    typeof value === "object" &&
+    value !== null &&
+    (value as Record<string, unknown>)[SECRET_SIG_KEY] === SECRET_SIG
+  );
 }
 
 /** Replaces every secret in a value with `replacement`. */
@@ -34,7 +38,9 @@ export function maskSecrets(value: unknown, replacement: unknown = "[secret]"): 
   if (isSecretValue(value)) return replacement;
   if (Array.isArray(value)) return value.map((v) => maskSecrets(v, replacement));
   if (typeof value === "object" && value !== null) {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, maskSecrets(v, replacement)]));
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, maskSecrets(v, replacement)]),
+    );
   }
   return value;
 }
@@ -50,7 +56,11 @@ export function unwrapSecrets(value: unknown): unknown {
 }
 
 /** Output-only properties the providers would fill in; without them they stay undefined. */
-function computedState(type: string, name: string, inputs: Record<string, any>): Record<string, unknown> {
+function computedState(
+  type: string,
+  name: string,
+  inputs: Record<string, any>,
+): Record<string, unknown> {
   switch (type) {
     case "docker:index/remoteImage:RemoteImage":
       return { imageId: `sha256:${name}`, repoDigest: `${inputs.name}@sha256:${"0".repeat(64)}` };
@@ -105,8 +115,13 @@ export async function installMocks(stack = "dev"): Promise<void> {
           dependencies: [],
         };
         registered.push({ type: args.type, name: args.name, ...meta, inputs: args.inputs });
-        const id = args.type.startsWith("pulumi:providers:") ? `${args.name}-provider-id` : `${args.name}-id`;
-        return { id, state: { ...args.inputs, ...computedState(args.type, args.name, args.inputs) } };
+        const id = args.type.startsWith("pulumi:providers:")
+          ? `${args.name}-provider-id`
+          : `${args.name}-id`;
+        return {
+          id,
+          state: { ...args.inputs, ...computedState(args.type, args.name, args.inputs) },
+        };
       },
       call(args) {
         return args.inputs;
@@ -125,7 +140,9 @@ export async function installMocks(stack = "dev"): Promise<void> {
   const register = monitor.registerResource.bind(monitor);
   monitor.registerResource = (req, callback) => {
     const dependencies = new Set(req.getDependenciesList());
-    req.getPropertydependenciesMap().forEach((deps) => deps.getUrnsList().forEach((u) => dependencies.add(u)));
+    req
+      .getPropertydependenciesMap()
+      .forEach((deps) => deps.getUrnsList().forEach((u) => dependencies.add(u)));
     metaByKey.set(`${req.getType()}::${req.getName()}`, {
       urn: monitor.newUrn(req.getParent(), req.getType(), req.getName()),
       parent: req.getParent() || undefined,
