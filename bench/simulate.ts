@@ -1,8 +1,9 @@
 /**
  * Replay throughput: requests per second for 10^4, 10^5 and 10^6 requests from 10^4
- * sources, next to a bare loop doing only the unavoidable per-request bookkeeping (one Map
- * lookup, one arithmetic update). Run with `npx tsx bench/simulate.ts`; it measures and
- * prints, it asserts nothing.
+ * sources, on one edge and on two (buckets per instance, and shared as in Redis), next to a
+ * bare loop doing only the unavoidable per-request bookkeeping (one Map lookup, one
+ * arithmetic update). Run with `npx tsx bench/simulate.ts`; it measures and prints, it
+ * asserts nothing.
  */
 import { performance } from "node:perf_hooks";
 import { ENTRY_POINTS } from "../components/names";
@@ -83,18 +84,32 @@ function best(run: () => unknown): number {
 const perSecond = (n: number, seconds: number) => `${(n / seconds / 1e6).toFixed(2)}M/s`;
 
 console.log(`Node ${process.version}, ${SOURCES} sources, best of ${RUNS} runs`);
-const columns = [10, 18, 18, 12, 6];
+const columns = [10, 18, 18, 18, 18, 12, 6];
 const row = (cells: string[]) => console.log(cells.map((c, i) => c.padEnd(columns[i])).join(" "));
-row(["requests", "replay", "replay+summary", "bare loop", "replay/bare"]);
+const timed = (n: number, seconds: number) =>
+  `${perSecond(n, seconds)} (${(seconds * 1000).toFixed(0)}ms)`;
+row([
+  "requests",
+  "replay",
+  "replay+summary",
+  "2 edges",
+  "2 edges shared",
+  "bare loop",
+  "replay/bare",
+]);
 for (const n of SIZES) {
   const rows = traffic(n);
   const replayTime = best(() => replay(rows, policy));
   const fullTime = best(() => summarize(rows, replay(rows, policy), policy));
+  const twoEdges = best(() => replay(rows, policy, { count: 2, shared: false, spread: "request" }));
+  const twoShared = best(() => replay(rows, policy, { count: 2, shared: true, spread: "request" }));
   const bareTime = best(() => bareLoop(rows));
   row([
     String(n),
-    `${perSecond(n, replayTime)} (${(replayTime * 1000).toFixed(0)}ms)`,
-    `${perSecond(n, fullTime)} (${(fullTime * 1000).toFixed(0)}ms)`,
+    timed(n, replayTime),
+    timed(n, fullTime),
+    timed(n, twoEdges),
+    timed(n, twoShared),
     perSecond(n, bareTime),
     (replayTime / bareTime).toFixed(1),
   ]);

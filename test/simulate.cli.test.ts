@@ -128,6 +128,48 @@ describe("npm run simulate", () => {
     expect(fs.readFileSync(chart.replace(/svg$/, "png")).subarray(1, 4).toString()).toBe("PNG");
   });
 
+  it.each([
+    ["--no-shared-buckets", false],
+    ["--shared-buckets", true],
+    ["(stack default)", prod.redis !== undefined],
+  ] as const)(
+    "--edges 2 %s --json: a client round-robined over both edges gets 2 bursts, or 1 when shared",
+    (flag, shared) => {
+      const burst = prod.rateLimit.burst;
+      const client = "198.51.100.7";
+      const proxy = prod.traefik.trustedProxies[0];
+      const rows = Array.from({ length: 3 * burst }, () => ({
+        t: 0,
+        remoteAddr: proxy,
+        xff: client,
+      }));
+      const flags = flag.startsWith("--") ? [flag] : [];
+      const input = file("edges.jsonl", rows);
+      const { code, stdout } = simulate(
+        "--input",
+        input,
+        "--stack",
+        "prod",
+        "--edges",
+        "2",
+        ...flags,
+        "--json",
+      );
+      expect(code).toBe(0);
+      const result = JSON.parse(stdout);
+      expect(result).toMatchObject({ edges: 2, sharedBuckets: shared });
+      expect(result.sources[client].passed).toBe((shared ? 1 : 2) * burst);
+      expect(result.edgeComparison.sources[client]).toEqual({
+        requests: rows.length,
+        perInstance: 2 * burst,
+        shared: burst,
+      });
+      expect(result.warnings.some((w: string) => w.includes("without shared buckets"))).toBe(
+        !shared,
+      );
+    },
+  );
+
   it("--profile (text) against a stack that does not exist: the configuration problem, exit 1", () => {
     const { code, stderr } = simulate("--profile", "alerts", "--stack", "nosuch");
     expect(code).toBe(1);

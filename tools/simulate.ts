@@ -14,8 +14,8 @@ import {
 } from "../config";
 import { writeChart, chartData } from "./simulate/chart";
 import { readAccessLog, readJsonLines, type InputResult } from "./simulate/inputs";
-import { replay } from "./simulate/model";
-import { buildPolicy, type PolicyOverrides } from "./simulate/policy";
+import { replay, SPREADS, type Spread } from "./simulate/model";
+import { buildEdges, buildPolicy, type PolicyOverrides } from "./simulate/policy";
 import { generateProfile, parseProfile, PROFILES, ProfileError } from "./simulate/profiles";
 import { formatSummary, summarize, summaryJson } from "./simulate/report";
 import { TrafficBuilder } from "./simulate/traffic";
@@ -39,6 +39,9 @@ interface Options {
   messages?: number;
   exempt?: string[];
   connectionDuration?: number;
+  edges?: number;
+  sharedBuckets?: boolean;
+  spread?: Spread;
   json?: boolean;
   chart?: string;
   top: number;
@@ -124,6 +127,24 @@ function program(): Command {
       "how long an SMTP session stays open (default 2s)",
       (t: string) => parseDuration(duration(t))!,
     )
+    .option(
+      "--edges <n>",
+      "Traefik instances the traffic is spread over (default: the stack's hosts, else 1)",
+      wholeNumber(1),
+    )
+    .option(
+      "--shared-buckets",
+      "one bucket per source in Redis for every edge and router (default: when the stack has Redis)",
+    )
+    .option("--no-shared-buckets", "each Traefik keeps its own buckets in memory")
+    .addOption(
+      new Option(
+        "--spread <how>",
+        "how rows reach the edges: round-robin per client, or by client address hash",
+      )
+        .choices(SPREADS)
+        .default("request"),
+    )
     .option("--json", "print the result as JSON on stdout, nothing else")
     .option("--chart <file.svg>", "draw offered/passed/rejected over time (SVG, and PNG beside it)")
     .option("--top <n>", "sources shown in the table and the chart", wholeNumber(1), 10)
@@ -176,8 +197,16 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
 
-  const result = replay(traffic, policy);
-  const summary = summarize(traffic, result, policy);
+  const edges = buildEdges(o.stack, {
+    edges: o.edges,
+    sharedBuckets: o.sharedBuckets,
+    spread: o.spread,
+  });
+  const result = replay(traffic, policy, edges);
+  // Several edges: the other bucket sharing too, so the report can set them side by side.
+  const other =
+    edges.count > 1 ? replay(traffic, policy, { ...edges, shared: !edges.shared }) : undefined;
+  const summary = summarize(traffic, result, policy, other);
   if (o.chart) {
     const title = `${o.stack ? `stack ${o.stack}` : "default policy"}: ${summary.total} rows, ${summary.rejected} rejected`;
     const files = await writeChart(o.chart, chartData(traffic, result, Math.min(o.top, 8)), title);

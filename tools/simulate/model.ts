@@ -2,10 +2,13 @@
  * What the edge and the relay do to a stream of requests and connections, replayed in
  * simulated time:
  *
- * - HTTP entry points: Traefik v3's in-memory rateLimit middleware. One token bucket per
- *   source (golang.org/x/time/rate semantics: a reservation may drive the tokens below
- *   zero and the wait is the time to pay the deficit back), a request waits up to maxDelay
- *   or gets 429, idle buckets are dropped after a TTL and at most 65536 are kept.
+ * - HTTP entry points: Traefik v3's rateLimit middleware. One token bucket per source
+ *   (golang.org/x/time/rate semantics: a reservation may drive the tokens below zero and the
+ *   wait is the time to pay the deficit back), a request waits up to maxDelay or gets 429.
+ *   In memory, each router of each Traefik keeps its own buckets, drops idle ones after a
+ *   TTL and keeps at most 65536; with rateLimit.redis, every router of every Traefik draws
+ *   on one bucket per source kept in Redis.
+ * - Several edges: each row reaches one of N Traefik instances, each with its own relay.
  * - SMTP entry points: Traefik has no rateLimit there; inFlightConn caps simultaneous
  *   connections per client, then Postfix's anvil counts connections, AUTH commands and
  *   messages per client and window.
@@ -15,7 +18,14 @@
  */
 import type { SourceCriterion } from "../../config";
 import { ENTRY_POINTS } from "../../components/names";
-import { AddressSet, forwardedHeader, selectSource, smtpClient } from "./source";
+import {
+  AddressSet,
+  edgeOfClient,
+  forwardedHeader,
+  originalClient,
+  selectSource,
+  smtpClient,
+} from "./source";
 import { AUTH_FAIL, AUTH_NONE, type Traffic } from "./traffic";
 
 /** Traefik keeps at most this many buckets per rate limiter. */
@@ -84,8 +94,38 @@ export function limiterParameters(
   return { rate, burst: Math.max(1, Math.trunc(burst)), maxDelayNs, ttl };
 }
 
-/** Returned by {@link TokenBuckets.take} for a refused request. */
+/** Returned by {@link Buckets.take} for a refused request. */
 export const REJECTED = -1;
+
+/**
+ * Tokens a bucket holds `elapsed` seconds after its last use: refilled at the limit's rate
+ * and capped at burst. Both of Traefik's limiters run this arithmetic.
+ */
+export function refill(tokens: number, elapsed: number, limit: LimiterParameters): number {
+  const filled = elapsed > 0 ? tokens + elapsed * limit.rate : tokens;
+  return filled > limit.burst ? limit.burst : filled;
+}
+
+/** Seconds until a bucket left with `after` tokens (below 0: in debt) is back at zero. */
+export function debtSeconds(after: number, rate: number): number {
+  return after < 0 ? -after / rate : 0;
+}
+
+/** A rate limiter's set of buckets, as the replay drives it. */
+export interface Buckets {
+  readonly limit: LimiterParameters;
+  /** Buckets that expired while not full and came back full. */
+  readonly ttlRefills: number;
+  /** Live buckets pushed out by a full bucket map. */
+  readonly evictions: number;
+  /** A new bucket (in a group, where the limiter keeps groups apart); returns its id. */
+  add(group?: number): number;
+  /**
+   * One request on a bucket at time `now` (seconds, non-decreasing): the seconds it is
+   * held before being forwarded, or REJECTED.
+   */
+  take(id: number, now: number): number;
+}
 
 /**
  * The buckets of one or more rate-limiter instances ("groups": Traefik keeps separate
@@ -93,8 +133,7 @@ export const REJECTED = -1;
  * pushes the expiry to the same distance ahead, that order is also the expiry order
  * Traefik evicts by when a group is full.
  */
-export class TokenBuckets {
-  /** Buckets that expired while not full and came back full. */
+export class TokenBuckets implements Buckets {
   ttlRefills = 0;
   /** Live buckets pushed out because a group held MAX_SOURCES of them. */
   evictions = 0;
@@ -116,7 +155,6 @@ export class TokenBuckets {
     private readonly capacity = MAX_SOURCES,
   ) {}
 
-  /** A new bucket (not yet live) in a group; returns its id. */
   add(group = 0): number {
     if (this.size === this.tokens.length) this.grow(Math.max(64, this.size * 2));
     while (this.head.length <= group) {
@@ -129,10 +167,6 @@ export class TokenBuckets {
     return id;
   }
 
-  /**
-   * One request on a bucket at time `now` (seconds, non-decreasing): the seconds it is
-   * held before being forwarded, or REJECTED.
-   */
   take(id: number, now: number): number {
     const { rate, burst, maxDelayNs, ttl } = this.limit;
     if (rate === Infinity) return 0;
@@ -152,7 +186,7 @@ export class TokenBuckets {
 
     const available = this.refilled(id, now);
     const after = available - 1;
-    const waitNs = after < 0 ? Math.trunc(1e9 * (-after / rate)) : 0;
+    const waitNs = Math.trunc(1e9 * debtSeconds(after, rate));
     if (now > this.last[id]) this.last[id] = now;
     if (waitNs > maxDelayNs) {
       // The reservation is cancelled at once: its token goes back, nothing else changes.
@@ -165,9 +199,7 @@ export class TokenBuckets {
 
   /** Tokens a bucket holds at `now`, refilled since its last use and capped at burst. */
   private refilled(id: number, now: number): number {
-    const elapsed = now - this.last[id];
-    const tokens = elapsed > 0 ? this.tokens[id] + elapsed * this.limit.rate : this.tokens[id];
-    return tokens > this.limit.burst ? this.limit.burst : tokens;
+    return refill(this.tokens[id], now - this.last[id], this.limit);
   }
 
   private open(id: number, now: number): void {
@@ -234,6 +266,74 @@ export class TokenBuckets {
     this.next = widen(this.next, (n) => new Int32Array(n));
     this.group = widen(this.group, (n) => new Int32Array(n));
     this.live = widen(this.live, (n) => new Uint8Array(n));
+  }
+}
+
+/**
+ * The buckets of Traefik's Redis rate limiter (rateLimit.redis, v3.4+): a Lua script in the
+ * one Redis every Traefik instance talks to keeps a hash per "<middleware>:<source>" key.
+ * The bucket arithmetic is the in-memory one; what differs:
+ * - the key names no router and no instance, so every router and every edge using the
+ *   middleware draws on the same bucket (the caller keys buckets by source alone);
+ * - the script counts in whole microseconds of Unix time, and gives the token back when the
+ *   wait exceeds maxDelay truncated to whole microseconds, while Traefik refuses only above
+ *   the exact maxDelay: a wait between the two is served without paying its token;
+ * - Redis expires an idle key exactly `ttl` seconds after its last request (not on whole
+ *   seconds), and nothing caps the number of keys;
+ * - average 0 makes Traefik answer 429 to every request.
+ */
+export class RedisBuckets implements Buckets {
+  ttlRefills = 0;
+  readonly evictions = 0;
+
+  private size = 0;
+  private tokens = new Float64Array(0);
+  private lastUs = new Float64Array(0);
+  private live = new Uint8Array(0);
+
+  constructor(readonly limit: LimiterParameters) {}
+
+  add(): number {
+    if (this.size === this.tokens.length) {
+      const capacity = Math.max(64, this.size * 2);
+      const tokens = new Float64Array(capacity);
+      tokens.set(this.tokens);
+      const lastUs = new Float64Array(capacity);
+      lastUs.set(this.lastUs);
+      const live = new Uint8Array(capacity);
+      live.set(this.live);
+      [this.tokens, this.lastUs, this.live] = [tokens, lastUs, live];
+    }
+    return this.size++;
+  }
+
+  take(id: number, now: number): number {
+    const { rate, burst, maxDelayNs, ttl } = this.limit;
+    // With no limit Traefik skips the script and reads the missing delay as a refusal.
+    if (rate === Infinity) return REJECTED;
+    // Limitation: Redis answers at once and never fails; live, each request waits a round
+    // trip, and Traefik answers 500 when the script cannot run.
+
+    // Limitation: one clock for every edge; the script trusts each Traefik's own clock, and a
+    // request stamped before the bucket's last write sees no refill and moves `last` back.
+    const us = Math.round(now * 1e6);
+    const elapsed = (us - this.lastUs[id]) / 1e6;
+    if (this.live[id] === 1 && elapsed > ttl) {
+      if (refill(this.tokens[id], elapsed, this.limit) < burst) this.ttlRefills++;
+      this.live[id] = 0;
+    }
+    // A missing key reads as 0 tokens at Unix time 0: decades of refill, a full bucket.
+    const available = this.live[id] === 0 ? burst : refill(this.tokens[id], elapsed, this.limit);
+    this.live[id] = 1;
+    this.lastUs[id] = us;
+
+    const after = available - 1;
+    // On a wait of exactly maxDelay the script's float noise could fall either way; the model
+    // takes the exact value (rounded to picoseconds), as a real clock almost never lands there.
+    const waitUs = Math.round(1e12 * debtSeconds(after, rate)) / 1e6;
+    this.tokens[id] = waitUs > Math.trunc(maxDelayNs / 1e3) ? available : after;
+    const waitNs = Math.trunc(waitUs * 1e3);
+    return waitNs > maxDelayNs ? REJECTED : waitNs / 1e9;
   }
 }
 
@@ -412,6 +512,25 @@ export interface SimPolicy {
   trustedIPs: readonly string[];
 }
 
+/** How many edges (Traefik instances) the traffic reaches, and whether they share buckets. */
+export interface EdgeSetup {
+  /** Traefik instances, each in front of its own relay. */
+  count: number;
+  /** rateLimit.redis: one bucket per source for every edge and every router. */
+  shared: boolean;
+  /**
+   * How rows reach the edges. "request": each client's successive rows go to the next edge
+   * in turn (round-robin, a load balancer's default, and what a client picking among the
+   * DNS records can always do); "client": a client stays on the edge its address hashes to.
+   */
+  spread: Spread;
+}
+export type Spread = "request" | "client";
+export const SPREADS: readonly Spread[] = ["request", "client"];
+
+/** One Traefik with in-memory buckets, the stack's shape without edge.extraHosts. */
+export const ONE_EDGE: EdgeSetup = { count: 1, shared: false, spread: "request" };
+
 /** Every row's fate, and the distinct sources (client addresses) it was counted against. */
 export interface Replay {
   /** Per row: an {@link Outcome} code. */
@@ -429,17 +548,20 @@ export interface Replay {
   ttlRefills: number;
   evictions: number;
   limiter: LimiterParameters;
+  edges: EdgeSetup;
+  /** Rows each edge received. */
+  rowsPerEdge: number[];
 }
 
 const SMTP = 1;
 
 /**
- * Replays the traffic (sorted by time) against the policy.
+ * Replays the traffic (sorted by time) against the policy, on one or more edges.
  * Limitation: the replay is open-loop: a refused or delayed request does not make its
- * client slow down, retry or stop, as it would live; the in-memory limiter is modelled,
- * not the Redis one, and only the ipStrategy source criteria the project can configure.
+ * client slow down, retry or stop, as it would live; and only the ipStrategy source
+ * criteria the project can configure are modelled.
  */
-export function replay(traffic: Traffic, policy: SimPolicy): Replay {
+export function replay(traffic: Traffic, policy: SimPolicy, edges: EdgeSetup = ONE_EDGE): Replay {
   const n = traffic.length;
   const { strings } = traffic;
   const limiter = limiterParameters(
@@ -447,7 +569,9 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
     policy.http.periodSeconds,
     policy.http.burst,
   );
-  const buckets = new TokenBuckets(limiter);
+  const edgeCount = Math.max(1, Math.trunc(edges.count));
+  const byClient = edges.spread === "client";
+  const buckets: Buckets = edges.shared ? new RedisBuckets(limiter) : new TokenBuckets(limiter);
   const gate = new SmtpGate(policy.smtp);
   const trusted = new AddressSet(policy.trustedIPs);
   const criterion = policy.http.sourceCriterion;
@@ -475,11 +599,16 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
   }
 
   // A "slot" is a distinct (lane, peer, header) combination; it resolves to a source and
-  // to the bucket or SMTP client state that source uses in that lane.
+  // to the bucket or SMTP client state that source uses in that lane. State kept per edge
+  // (in-memory buckets, inFlightConn, the relay's anvil) has one id per edge, consecutive
+  // from the slot's target; shared buckets have one id for every edge and lane.
   const slotOf = new Map<number, number>();
   const slotSource: number[] = [];
   const slotTarget: number[] = [];
+  const slotStride: number[] = [];
   const slotStripped: number[] = [];
+  const slotEdge: number[] = [];
+  const slotTurn: number[] = [];
   const sources: string[] = [];
   const sourceIndex = new Map<string, number>();
   const targets = new Map<string, number>();
@@ -491,6 +620,16 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
       sourceIndex.set(address, id);
     }
     return id;
+  };
+  const newTarget = (kind: number, lane: number, address: string, perEdge: boolean) => {
+    if (!perEdge) return buckets.add();
+    const exemptClient = kind === SMTP && exempt.contains(address);
+    let first = -1;
+    for (let e = 0; e < edgeCount; e++) {
+      const id = kind === SMTP ? gate.add(exemptClient) : buckets.add(lane * edgeCount + e);
+      if (e === 0) first = id;
+    }
+    return first;
   };
   const resolve = (kind: number, lane: number, peer: number, extra: number): number => {
     const remoteAddr = strings[peer];
@@ -504,15 +643,19 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
       stripped = header !== undefined && seen === undefined ? 1 : 0;
       address = selectSource(criterion, remoteAddr, seen, excluded, policy.http.ipv6Subnet);
     }
-    const targetKey = `${kind}\u0000${lane}\u0000${address}`;
+    const perEdge = kind === SMTP || !edges.shared;
+    const targetKey = perEdge ? `${kind}\u0000${lane}\u0000${address}` : `\u0000${address}`;
     let target = targets.get(targetKey);
     if (target === undefined) {
-      target = kind === SMTP ? gate.add(exempt.contains(address)) : buckets.add(lane);
+      target = newTarget(kind, lane, address, perEdge);
       targets.set(targetKey, target);
     }
     slotSource.push(sourceId(address));
     slotTarget.push(target);
+    slotStride.push(perEdge ? 1 : 0);
     slotStripped.push(stripped);
+    slotEdge.push(byClient ? edgeOfClient(originalClient(remoteAddr, header), edgeCount) : 0);
+    slotTurn.push(0);
     return slotSource.length - 1;
   };
 
@@ -520,6 +663,7 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
   const source = new Int32Array(n);
   const wait = new Float32Array(n);
   const strippedForwardedFor = new Uint8Array(n);
+  const rowsPerEdge = new Array<number>(edgeCount).fill(0);
   const { t, remoteAddr, xff, proxy, entryPoint, router, auth } = traffic;
   let httpRows = 0;
   for (let i = 0; i < n; i++) {
@@ -532,18 +676,27 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
       slot = resolve(kind, lane, remoteAddr[i], extra);
       slotOf.set(key, slot);
     }
+    let edge = 0;
+    // Limitation: rows carry no connection, so "request" moves every row; behind a layer-4
+    // balancer an HTTP client reusing one keep-alive connection stays on one edge.
+    if (edgeCount > 1) {
+      edge = byClient ? slotEdge[slot] : slotTurn[slot]++ % edgeCount;
+      rowsPerEdge[edge]++;
+    }
+    const target = slotTarget[slot] + edge * slotStride[slot];
     source[i] = slotSource[slot];
     strippedForwardedFor[i] = slotStripped[slot];
     if (kind === SMTP) {
-      outcome[i] = gate.connect(slotTarget[slot], t[i], auth[i]);
+      outcome[i] = gate.connect(target, t[i], auth[i]);
     } else {
       httpRows++;
-      const held = buckets.take(slotTarget[slot], t[i]);
+      const held = buckets.take(target, t[i]);
       outcome[i] =
         held === REJECTED ? Outcome.rateLimit : held > 0 ? Outcome.delayed : Outcome.passed;
       if (held > 0) wait[i] = held;
     }
   }
+  if (edgeCount === 1) rowsPerEdge[0] = n;
 
   return {
     outcome,
@@ -555,5 +708,7 @@ export function replay(traffic: Traffic, policy: SimPolicy): Replay {
     ttlRefills: buckets.ttlRefills,
     evictions: buckets.evictions,
     limiter,
+    edges: { ...edges, count: edgeCount },
+    rowsPerEdge,
   };
 }

@@ -16,7 +16,7 @@ import {
   type SourceCriterion,
 } from "../../config";
 import { RATE_LIMIT_MIDDLEWARE } from "../../components/names";
-import type { SimPolicy } from "./model";
+import type { EdgeSetup, SimPolicy, Spread } from "./model";
 
 /** Values given on the command line; each replaces the stack's (or the default) value. */
 export interface PolicyOverrides {
@@ -134,6 +134,29 @@ export function buildPolicy(stack: string | undefined, overrides: PolicyOverride
       exempt: v.exempt,
     },
     trustedIPs: v.trustedIPs,
+  };
+}
+
+/** Edge flags from the command line; each replaces what the stack deploys. */
+export interface EdgeOverrides {
+  edges?: number;
+  sharedBuckets?: boolean;
+  spread?: Spread;
+}
+
+/**
+ * The edges to simulate: as many as the stack has hosts (else one), sharing their buckets
+ * when the stack has the shared Redis (config.redis, present with more than one host).
+ */
+export function buildEdges(stack: string | undefined, overrides: EdgeOverrides = {}): EdgeSetup {
+  const config =
+    stack === undefined
+      ? undefined
+      : parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
+  return {
+    count: overrides.edges ?? config?.hosts.length ?? 1,
+    shared: overrides.sharedBuckets ?? config?.redis !== undefined,
+    spread: overrides.spread ?? "request",
   };
 }
 

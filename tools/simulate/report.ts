@@ -2,7 +2,16 @@
  * What a replay means to an operator: counts per source and per profile, and warnings for
  * the classic rate-limit mistakes, as a five-second text summary or as JSON.
  */
-import { isRejection, Outcome, OUTCOME_NAMES, type Replay, type SimPolicy } from "./model";
+import {
+  isRejection,
+  Outcome,
+  OUTCOME_NAMES,
+  type EdgeSetup,
+  type LimiterParameters,
+  type Replay,
+  type SimPolicy,
+  type Spread,
+} from "./model";
 import type { Traffic } from "./traffic";
 
 export interface Counts {
@@ -37,6 +46,28 @@ export interface Summary {
   warnings: string[];
   /** First and last arrival. */
   span: { from: number; to: number } | null;
+  edges: EdgeSetup;
+  /** With more than one edge: the same traffic with buckets per instance and shared. */
+  edgeComparison?: EdgeComparison;
+}
+
+/** What one sharing mode lets through. */
+export interface EdgeMode {
+  passed: number;
+  rejected: number;
+  /** What a client whose requests reach every edge may send at once; null when unlimited. */
+  burst: number | null;
+  /** ... and per second, sustained; null when there is no limit. */
+  perSecond: number | null;
+}
+
+export interface EdgeComparison {
+  edges: number;
+  spread: Spread;
+  perInstance: EdgeMode;
+  shared: EdgeMode;
+  /** Rows and passed rows per source in each mode, busiest first. */
+  sources: Record<string, { requests: number; perInstance: number; shared: number }>;
 }
 
 const emptyCounts = (): Counts => ({
@@ -60,8 +91,16 @@ function count(into: Counts, code: number, t: number): void {
   if (code === Outcome.authFailed) into.authFailed++;
 }
 
-/** Counts a replay up and names the mistakes it shows. */
-export function summarize(traffic: Traffic, result: Replay, policy: SimPolicy): Summary {
+/**
+ * Counts a replay up and names the mistakes it shows. `other` is the same traffic replayed
+ * with the other bucket sharing (several edges only), for the per-instance/shared comparison.
+ */
+export function summarize(
+  traffic: Traffic,
+  result: Replay,
+  policy: SimPolicy,
+  other?: Replay,
+): Summary {
   const perSource = result.sources.map(emptyCounts);
   const perProfile = traffic.profiles.map(emptyCounts);
   const total = emptyCounts();
@@ -92,10 +131,15 @@ export function summarize(traffic: Traffic, result: Replay, policy: SimPolicy): 
     legitimate: p.legitimate,
     ...perProfile[i],
   }));
+  const comparison =
+    other && result.edges.count > 1
+      ? compareEdges(result.edges.shared ? other : result, result.edges.shared ? result : other)
+      : undefined;
   const warnings = [
     ...emptySourceWarnings(emptyHttp, result.httpRows, emptyStripped, policy),
     ...profileWarnings(profiles),
     ...limiterWarnings(result, policy),
+    ...edgeWarnings(result, traffic.length, comparison),
   ];
 
   return {
@@ -113,7 +157,91 @@ export function summarize(traffic: Traffic, result: Replay, policy: SimPolicy): 
     profiles,
     warnings,
     span: traffic.length > 0 ? { from: traffic.t[0], to: traffic.t[traffic.length - 1] } : null,
+    edges: result.edges,
+    ...(comparison ? { edgeComparison: comparison } : {}),
   };
+}
+
+/**
+ * What a client whose requests reach all `edges` may send: in memory every Traefik keeps
+ * its own bucket for it, in Redis there is one. Average 0 is no limit in memory, and a
+ * refusal of everything in Redis.
+ */
+export function allowedForClient(
+  limiter: LimiterParameters,
+  edges: number,
+  shared: boolean,
+): { burst: number | null; perSecond: number | null } {
+  if (limiter.rate === Infinity)
+    return shared ? { burst: 0, perSecond: 0 } : { burst: null, perSecond: null };
+  const copies = shared ? 1 : edges;
+  return { burst: copies * limiter.burst, perSecond: copies * limiter.rate };
+}
+
+/** The two replays of the same traffic side by side, per source. */
+function compareEdges(perInstance: Replay, shared: Replay): EdgeComparison {
+  const rows = new Map<string, { requests: number; perInstance: number; shared: number }>();
+  const tally = (result: Replay, mode: "perInstance" | "shared") => {
+    const passed = new Int32Array(result.sources.length);
+    const requests = new Int32Array(result.sources.length);
+    for (let i = 0; i < result.outcome.length; i++) {
+      requests[result.source[i]]++;
+      if (!isRejection(result.outcome[i])) passed[result.source[i]]++;
+    }
+    result.sources.forEach((source, id) => {
+      const row = rows.get(source) ?? { requests: requests[id], perInstance: 0, shared: 0 };
+      row[mode] = passed[id];
+      rows.set(source, row);
+    });
+    const total = passed.reduce((a, b) => a + b, 0);
+    return { passed: total, rejected: result.outcome.length - total };
+  };
+  const edges = perInstance.edges.count;
+  const mode = (result: Replay, name: "perInstance" | "shared", shared: boolean): EdgeMode => ({
+    ...tally(result, name),
+    ...allowedForClient(result.limiter, edges, shared),
+  });
+  return {
+    edges,
+    spread: perInstance.edges.spread,
+    perInstance: mode(perInstance, "perInstance", false),
+    shared: mode(shared, "shared", true),
+    sources: Object.fromEntries(
+      [...rows.entries()].sort(([, a], [, b]) => b.requests - a.requests),
+    ),
+  };
+}
+
+function edgeWarnings(result: Replay, rows: number, comparison?: EdgeComparison): string[] {
+  const { count, shared } = result.edges;
+  const { limiter, httpRows } = result;
+  const warnings: string[] = [];
+  if (count > 1 && !shared && httpRows > 0 && limiter.rate !== Infinity) {
+    const allowed = allowedForClient(limiter, count, false);
+    const extra = comparison ? comparison.perInstance.passed - comparison.shared.passed : 0;
+    const average = formatRate(allowed.perSecond!);
+    const seen =
+      extra > 0
+        ? `; here ${extra} requests got through that shared buckets would have refused`
+        : "";
+    warnings.push(
+      `${count} edges without shared buckets: each Traefik keeps its own, so a client whose requests reach every edge ` +
+        `gets ${count}× the burst (${allowed.burst} at once) and ${count}× the average (${average})${seen}; ` +
+        "share them with rateLimit.redis (the stack does whenever edge.extraHosts is set)",
+    );
+  }
+  if (shared && httpRows > 0 && limiter.rate === Infinity) {
+    warnings.push(
+      `rateLimit.redis with average 0: Traefik answers 429 to every request (all ${httpRows} HTTP requests refused); set rateLimit.average above 0`,
+    );
+  }
+  if (count > 1 && rows > httpRows) {
+    warnings.push(
+      `inFlightConn and the relay's per-client limits are kept per edge, Redis or not: a client whose SMTP connections reach all ${count} edges ` +
+        `gets ${count}× the connections, AUTH attempts and messages`,
+    );
+  }
+  return warnings;
 }
 
 function emptySourceWarnings(
@@ -181,6 +309,7 @@ export function formatSummary(
 ): string {
   const lines: string[] = [];
   lines.push(...describePolicy(policy, result));
+  if (result.edges.count > 1 || result.edges.shared) lines.push(describeEdges(result));
   if (summary.span) {
     const sources = Object.keys(summary.sources).length;
     lines.push(
@@ -215,6 +344,7 @@ export function formatSummary(
   );
   const by = Object.entries(summary.rejectedBy);
   if (by.length > 0) lines.push(`rejected by: ${by.map(([name, n]) => `${name} ${n}`).join(", ")}`);
+  if (summary.edgeComparison) lines.push("", ...formatComparison(summary.edgeComparison, top));
 
   if (summary.profiles.length > 0) {
     lines.push("");
@@ -253,6 +383,52 @@ function describePolicy(policy: SimPolicy, result: Replay): string[] {
   ];
 }
 
+function describeEdges(result: Replay): string {
+  const { count, shared, spread } = result.edges;
+  const buckets = shared
+    ? "HTTP buckets shared in Redis by every edge and router"
+    : "HTTP buckets per Traefik instance and router (in memory)";
+  if (count === 1) return `Edges: 1; ${buckets}`;
+  const how =
+    spread === "request"
+      ? "each client's rows round-robin over the edges"
+      : "each client on the edge its address hashes to";
+  return `Edges: ${count}, ${how} (rows per edge: ${result.rowsPerEdge.join(", ")}); ${buckets}`;
+}
+
+function formatComparison(c: EdgeComparison, top: number): string[] {
+  const allowed = (m: EdgeMode) =>
+    m.perSecond === null
+      ? "no limit"
+      : `${m.burst} at once and ${formatRate(m.perSecond)} sustained`;
+  const lines = [
+    `${c.edges} edges, HTTP buckets per instance vs shared (Redis): a client reaching every edge may send ` +
+      `${allowed(c.perInstance)} per instance; ${allowed(c.shared)} shared`,
+  ];
+  if (c.spread === "client")
+    lines.push("(--spread client keeps each client on one edge; --spread request spreads it)");
+  const entries = Object.entries(c.sources);
+  const rows = entries
+    .slice(0, top)
+    .map(([source, r]) => [
+      source === "" ? '"" (shared)' : source,
+      String(r.requests),
+      String(r.perInstance),
+      String(r.shared),
+    ]);
+  if (entries.length > top) {
+    const rest = entries.slice(top).map(([, r]) => r);
+    const sum = (key: "requests" | "perInstance" | "shared") =>
+      String(rest.reduce((n, r) => n + r[key], 0));
+    rows.push([`(${rest.length} others)`, sum("requests"), sum("perInstance"), sum("shared")]);
+  }
+  const total = c.perInstance.passed + c.perInstance.rejected;
+  rows.push(["total", String(total), String(c.perInstance.passed), String(c.shared.passed)]);
+  const header = ["source", "requests", "passed per instance", "passed shared"];
+  lines.push(...alignTable(header, rows, false));
+  return lines;
+}
+
 /** The JSON document `--json` prints. */
 export function summaryJson(summary: Summary, policy: SimPolicy, result: Replay): string {
   const { rate, burst, maxDelayNs, ttl } = result.limiter;
@@ -267,6 +443,11 @@ export function summaryJson(summary: Summary, policy: SimPolicy, result: Replay)
       sources: summary.sources,
       profiles: summary.profiles,
       warnings: summary.warnings,
+      edges: summary.edges.count,
+      sharedBuckets: summary.edges.shared,
+      spread: summary.edges.spread,
+      rowsPerEdge: result.rowsPerEdge,
+      ...(summary.edgeComparison ? { edgeComparison: summary.edgeComparison } : {}),
       policy: {
         ...policy,
         limiter: {
@@ -287,13 +468,13 @@ function tableRow(name: string, c: Counts): string[] {
   return [name, String(c.requests), String(c.passed), String(c.delayed), String(c.rejected), first];
 }
 
-function alignTable(header: string[], rows: string[][]): string[] {
+/** Numbers right-aligned; the first column, and the last unless told, left-aligned. */
+function alignTable(header: string[], rows: string[][], lastIsText = true): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const left = (i: number) => i === 0 || (lastIsText && i === header.length - 1);
   const line = (cells: string[]) =>
     cells
-      .map((cell, i) =>
-        i === 0 || i === cells.length - 1 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]),
-      )
+      .map((cell, i) => (left(i) ? cell.padEnd(widths[i]) : cell.padStart(widths[i])))
       .join("  ")
       .trimEnd();
   return [line(header), ...rows.map(line)];

@@ -155,3 +155,24 @@ export function smtpClient(
   // client); real Traefik may refuse such a connection instead, which the model does not show.
   return proxySource !== undefined && trusted.contains(peer) ? proxySource : peer;
 }
+
+/**
+ * The address a balancer in front of the edges takes for the client: the first
+ * X-Forwarded-For entry or the PROXY header's source when the row carries one (the proxy
+ * that wrote it is the one spreading the traffic), else the connecting peer.
+ */
+export function originalClient(remoteAddr: string, header: string | undefined): string {
+  const first = header === undefined ? "" : header.split(",", 1)[0].trim();
+  return first !== "" ? first : hostOf(remoteAddr);
+}
+
+/** The edge (0 to count - 1) a client's address hashes to (32-bit FNV-1a), like source hashing. */
+export function edgeOfClient(client: string, count: number): number {
+  if (count <= 1) return 0;
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < client.length; i++) {
+    hash ^= client.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return (hash >>> 0) % count;
+}
