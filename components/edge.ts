@@ -12,8 +12,8 @@ import {
   CONTAINER_PORTS,
   DOCKER_SOCKET,
   EDGE_NETWORK,
-  FILE_PROVIDER_FILE,
-  fileProviderDynamic,
+  fileProviderFiles,
+  REDIS_PASSWORD_ENV,
   renderYaml,
   traefikStaticConfig,
 } from "./traefik";
@@ -43,13 +43,24 @@ export function edgeEntrypoint(): string[] {
   return ["/bin/sh", "-c", script];
 }
 
-/** The DNS provider's token as Traefik's ACME client reads it, or nothing for other challenges. */
+/**
+ * The secret environment: the DNS provider's token as Traefik's ACME client reads it (dns
+ * challenge only), and with a shared Redis its password, which the rate-limit file reads
+ * through a template.
+ */
+// Traefik reads TRAEFIK_* variables as static configuration only when it finds no
+// configuration file; it always has one here, so the password is not taken for an option.
 export function edgeEnvironment(config: HomelabConfig): pulumi.Output<string[]> {
   const challenge = config.acme.challenge;
-  if (challenge.type !== "dns") return pulumi.output([]);
-  return pulumi
-    .secret(pulumi.interpolate`${challenge.tokenEnv}=${challenge.token}`)
-    .apply((env) => [env]);
+  const entries: pulumi.Output<string>[] = [];
+  if (challenge.type === "dns") {
+    entries.push(pulumi.interpolate`${challenge.tokenEnv}=${challenge.token}`);
+  }
+  if (config.redis) {
+    entries.push(pulumi.interpolate`${REDIS_PASSWORD_ENV}=${config.redis.password}`);
+  }
+  if (entries.length === 0) return pulumi.output([]);
+  return pulumi.secret(pulumi.all(entries));
 }
 
 export class Edge extends pulumi.ComponentResource {
@@ -101,10 +112,10 @@ export class Edge extends pulumi.ComponentResource {
         networksAdvanced: [{ name: this.network.name }],
         uploads: [
           { file: TRAEFIK_STATIC_PATH, content: renderYaml(this.staticConfig) },
-          {
-            file: `${TRAEFIK_DYNAMIC_DIR}/${FILE_PROVIDER_FILE}`,
-            content: renderYaml(fileProviderDynamic(config)),
-          },
+          ...fileProviderFiles(config).map(({ file, dynamic }) => ({
+            file: `${TRAEFIK_DYNAMIC_DIR}/${file}`,
+            content: renderYaml(dynamic),
+          })),
         ],
         volumes: [
           {

@@ -1,40 +1,88 @@
 /**
- * The whole relay: a Docker host on Proxmox, Traefik at the front door, Postfix behind it.
+ * The whole relay: one or more Docker hosts on Proxmox, each with Traefik at the front door
+ * and a Postfix relay behind it, and with several hosts a shared Redis for the rate limits.
  */
 import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
 import { DockerHost } from "./dockerHost";
 import { Edge } from "./edge";
+import { RateLimitStore } from "./redis";
 import { Relay } from "./relay";
 import { relayLabels } from "./traefik";
 
 export interface HomelabSmtpArgs {
-  /** The parsed and validated stack configuration. */
+  /** The parsed and validated stack configuration; every entry of `hosts` gets a node. */
   config: HomelabConfig;
 }
 
+/** One Docker host with its own Traefik and its own relay. */
+export interface EdgeNode {
+  host: DockerHost;
+  edge: Edge;
+  relay: Relay;
+}
+
+/**
+ * Resource names of the host at `index`: the first keeps the names a single-host stack has
+ * always had (renaming would make Pulumi replace it), the others are numbered from 2.
+ */
+export function nodeNames(
+  name: string,
+  index: number,
+): { host: string; edge: string; relay: string } {
+  const suffix = index === 0 ? "" : `-${index + 1}`;
+  return {
+    host: `${name}-host${suffix}`,
+    edge: `${name}-edge${suffix}`,
+    relay: `${name}-relay${suffix}`,
+  };
+}
+
 export class HomelabSmtp extends pulumi.ComponentResource {
+  /** The first host, its edge and its relay (the only ones of a single-host stack). */
   readonly host: DockerHost;
   readonly edge: Edge;
   readonly relay: Relay;
+  /** Every host, the first one first. */
+  readonly nodes: readonly EdgeNode[];
+  /** The shared rate-limit store on the first host; absent with a single host. */
+  readonly rateLimitStore?: RateLimitStore;
 
   constructor(name: string, args: HomelabSmtpArgs, opts?: pulumi.ComponentResourceOptions) {
     super("homelab:index:HomelabSmtp", name, {}, opts);
     const { config } = args;
+    const labels = relayLabels(config, { metricsAllowList: config.traefik.metricsAllowList });
 
-    this.host = new DockerHost(`${name}-host`, { proxmox: config.proxmox, lxc: config.lxc }, { parent: this });
-    const dockerProvider = this.host.dockerProvider;
-    this.edge = new Edge(`${name}-edge`, { config, dockerProvider }, { parent: this });
-    this.relay = new Relay(
-      `${name}-relay`,
-      { config, dockerProvider, network: this.edge.network, labels: relayLabels(config, { metricsAllowList: config.traefik.metricsAllowList }) },
-      { parent: this },
-    );
+    // Each relay sits next to its own Traefik: a node going down takes its share of the
+    // connections with it, not the mail of the others.
+    this.nodes = config.hosts.map((hostConfig, index) => {
+      const names = nodeNames(name, index);
+      const host = new DockerHost(names.host, hostConfig, { parent: this });
+      const dockerProvider = host.dockerProvider;
+      const edge = new Edge(names.edge, { config, dockerProvider }, { parent: this });
+      const relay = new Relay(
+        names.relay,
+        { config, dockerProvider, network: edge.network, labels },
+        { parent: this },
+      );
+      return { host, edge, relay };
+    });
+    [{ host: this.host, edge: this.edge, relay: this.relay }] = this.nodes;
+
+    if (config.redis) {
+      this.rateLimitStore = new RateLimitStore(
+        `${name}-redis`,
+        { redis: config.redis, dockerProvider: this.host.dockerProvider },
+        { parent: this },
+      );
+    }
 
     this.registerOutputs({
       containerId: this.host.containerId,
       address: this.host.address,
+      addresses: this.nodes.map((n) => n.host.address),
       relayHostname: config.relay.hostname,
+      ...(this.rateLimitStore ? { rateLimitStore: this.rateLimitStore.endpoint } : {}),
     });
   }
 }

@@ -32,6 +32,19 @@ export const DOCKER_SOCKET = "/var/run/docker.sock";
 /** The file-provider file uploaded into TRAEFIK_DYNAMIC_DIR. */
 export const FILE_PROVIDER_FILE = "relay-transport.yml";
 
+/** The file that defines the rate limiter when its buckets live in Redis (several edges). */
+export const RATE_LIMIT_FILE = "relay-ratelimit.yml";
+
+/** The Traefik container's variable holding the Redis password (a secret environment value). */
+export const REDIS_PASSWORD_ENV = "TRAEFIK_REDIS_PASSWORD";
+
+/**
+ * What the rate-limit file says instead of the password: Traefik's file provider runs every
+ * file of its directory through Go's text/template with the sprig functions, `env` included,
+ * before parsing it, so the password exists only in Traefik's memory.
+ */
+export const REDIS_PASSWORD_TEMPLATE = `{{ env "${REDIS_PASSWORD_ENV}" }}`;
+
 /** TCP serversTransport that prefixes every connection to the relay with a PROXY v2 header. */
 export const PROXY_TRANSPORT = "relay-proxy-v2";
 
@@ -180,11 +193,20 @@ function httpLabels(
   const allow = `traefik.http.middlewares.${RELAY_NAMES.metricsAllowList}.ipallowlist`;
   const router = `traefik.http.routers.${RELAY_NAMES.metricsRouter}`;
 
+  // With Redis the limiter needs a password, which labels cannot carry: it is defined once,
+  // in the file provider (rateLimitFileDynamic), and the router names it there.
+  const rateLimitLabels = config.redis
+    ? {}
+    : {
+        [`${rl}.average`]: String(rateLimit.average),
+        [`${rl}.period`]: rateLimit.period,
+        [`${rl}.burst`]: String(rateLimit.burst),
+        ...ipStrategyLabels(`${rl}.sourcecriterion.ipstrategy`, rateLimit.sourceCriterion),
+      };
+  const rateLimitRef = config.redis ? `${RATE_LIMIT_MIDDLEWARE}@file` : RATE_LIMIT_MIDDLEWARE;
+
   return {
-    [`${rl}.average`]: String(rateLimit.average),
-    [`${rl}.period`]: rateLimit.period,
-    [`${rl}.burst`]: String(rateLimit.burst),
-    ...ipStrategyLabels(`${rl}.sourcecriterion.ipstrategy`, rateLimit.sourceCriterion),
+    ...rateLimitLabels,
 
     // Same client as the rate limit sees: behind a proxy, the remote address is the proxy's.
     [`${allow}.sourcerange`]: metricsAllowList.join(","),
@@ -193,7 +215,7 @@ function httpLabels(
     [`${router}.rule`]: `Host(\`${config.relay.hostname}\`)`,
     [`${router}.entrypoints`]: ENTRY_POINTS.websecure,
     [`${router}.tls.certresolver`]: CERT_RESOLVER,
-    [`${router}.middlewares`]: [RATE_LIMIT_MIDDLEWARE, RELAY_NAMES.metricsAllowList].join(","),
+    [`${router}.middlewares`]: [rateLimitRef, RELAY_NAMES.metricsAllowList].join(","),
     [`${router}.service`]: RELAY_NAMES.metricsService,
     [`traefik.http.services.${RELAY_NAMES.metricsService}.loadbalancer.server.port`]: String(
       RELAY_LISTENERS.metrics,
@@ -255,6 +277,65 @@ function tcpLabels(config: HomelabConfig): Record<string, string> {
  */
 export function fileProviderDynamic(_config: HomelabConfig): DynamicConfig {
   return { tcp: { serversTransports: { [PROXY_TRANSPORT]: { proxyProtocol: { version: 2 } } } } };
+}
+
+/**
+ * The rate limiter with its buckets in the shared Redis, or undefined with a single edge (the
+ * labels define it then, in memory). Every edge gets the same file, so every Traefik keys its
+ * buckets the same way and a client's budget is one budget, whichever edge it reaches.
+ */
+export function rateLimitFileDynamic(config: HomelabConfig): DynamicConfig | undefined {
+  const { redis, rateLimit } = config;
+  if (!redis) return undefined;
+  if (rateLimit.average <= 0) {
+    throw new Error(
+      `rateLimit.average is ${rateLimit.average} with a shared Redis; expected a rate above 0: ` +
+        "Traefik's Redis limiter answers every request with 429 when average is 0",
+    );
+  }
+  const ipStrategy = ipStrategyOf(rateLimit.sourceCriterion);
+  return {
+    http: {
+      middlewares: {
+        [RATE_LIMIT_MIDDLEWARE]: {
+          rateLimit: {
+            average: rateLimit.average,
+            period: rateLimit.period,
+            burst: rateLimit.burst,
+            ...(ipStrategy ? { sourceCriterion: { ipStrategy } } : {}),
+            redis: {
+              endpoints: [`${redis.host}:${redis.port}`],
+              password: REDIS_PASSWORD_TEMPLATE,
+              db: 0,
+            },
+          },
+        },
+      },
+    },
+  };
+}
+
+/** The same client as ipStrategyLabels picks, as the file provider writes it. */
+function ipStrategyOf(criterion: SourceCriterion): Record<string, unknown> | undefined {
+  switch (criterion.kind) {
+    case "remoteAddr":
+      return undefined;
+    case "depth":
+      return { depth: criterion.depth };
+    case "excludedIPs":
+      return { excludedIPs: [...criterion.excludedIPs] };
+  }
+}
+
+/** Every file the edge uploads into TRAEFIK_DYNAMIC_DIR, by file name, in upload order. */
+export function fileProviderFiles(
+  config: HomelabConfig,
+): { file: string; dynamic: DynamicConfig }[] {
+  const rateLimit = rateLimitFileDynamic(config);
+  return [
+    { file: FILE_PROVIDER_FILE, dynamic: fileProviderDynamic(config) },
+    ...(rateLimit ? [{ file: RATE_LIMIT_FILE, dynamic: rateLimit }] : []),
+  ];
 }
 
 // ---------------------------------------------------------------------------------------

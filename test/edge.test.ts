@@ -17,7 +17,13 @@ import {
   TRAEFIK_DYNAMIC_DIR,
   TRAEFIK_STATIC_PATH,
 } from "../components/names";
-import { fileProviderDynamic, renderYaml, traefikStaticConfig } from "../components/traefik";
+import {
+  REDIS_PASSWORD_ENV,
+  fileProviderDynamic,
+  fileProviderFiles,
+  renderYaml,
+  traefikStaticConfig,
+} from "../components/traefik";
 import { validateDynamic, validateStatic } from "../components/traefikSchema";
 import {
   isSecretValue,
@@ -35,6 +41,7 @@ const SECRETS: Record<string, string> = {
   "relay.clientLogins": "alerts:login-leak-canary-e3",
   "relay.upstreamPassword": "smarthost-leak-canary-e4",
   "acme.dnsProviderToken": "dns-token-leak-canary-e5",
+  "redis.password": "redis-password-leak-canary-e6",
 };
 
 function stackConfig(stack: string, overrides: Record<string, unknown> = {}): HomelabConfig {
@@ -251,4 +258,43 @@ it("the token Output itself stays secret", async () => {
   const { secret } = await settle(edgeEnvironment(config));
   expect(secret).toBe(true);
   expect(pulumi.Output.isInstance(edgeEnvironment(config))).toBe(true);
+});
+
+describe("Edge of a stack with several hosts", () => {
+  // The next address on the prod network: a second host, so the buckets live in Redis.
+  const { lxc } = stackConfig("prod");
+  const next = lxc.address.replace(/\d+$/, (last) => String(Number(last) + 1));
+  const prefix = lxc.ipv4.split("/")[1];
+  const config = stackConfig("prod", {
+    "edge.extraHosts": [`node=pve2,vmId=${lxc.vmId + 1},ipv4=${next}/${prefix}`],
+  });
+  const built = build(config);
+
+  it("uploads every file-provider file, the rate limiter's included, and each validates", async () => {
+    const inputs = (await built).inputs(TYPES.container);
+    for (const { file, dynamic } of fileProviderFiles(config)) {
+      const uploaded = upload(inputs, `${TRAEFIK_DYNAMIC_DIR}/${file}`);
+      expect(uploaded?.content, file).toBe(renderYaml(dynamic));
+      expect(validateDynamic(YAML.parse(uploaded!.content))).toEqual([]);
+    }
+    expect(fileProviderFiles(config).length).toBeGreaterThan(1);
+  });
+
+  it("passes the Redis password only as a secret environment variable, beside the DNS token", async () => {
+    const envs = (await built).inputs(TYPES.container).envs;
+    const challenge = config.acme.challenge;
+    if (challenge.type !== "dns") throw new Error("the prod stack uses the dns challenge");
+    expect(strings(envs)).toEqual([
+      { text: `${challenge.tokenEnv}=${SECRETS["acme.dnsProviderToken"]}`, secret: true },
+      { text: `${REDIS_PASSWORD_ENV}=${SECRETS["redis.password"]}`, secret: true },
+    ]);
+  });
+
+  it("holds the Redis password nowhere else", async () => {
+    for (const r of (await built).registered) {
+      for (const { text, secret } of strings(r.inputs)) {
+        if (!secret) expect(text, `${r.type} input`).not.toContain(SECRETS["redis.password"]);
+      }
+    }
+  });
 });

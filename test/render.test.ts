@@ -13,11 +13,15 @@ const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "render-test-"));
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
 function render(args: string[]) {
-  const run = spawnSync(process.execPath, [path.join(PROJECT_DIR, "node_modules/tsx/dist/cli.mjs"), "tools/render.ts", ...args], {
-    cwd: PROJECT_DIR,
-    encoding: "utf8",
-    timeout: 60_000,
-  });
+  const run = spawnSync(
+    process.execPath,
+    [path.join(PROJECT_DIR, "node_modules/tsx/dist/cli.mjs"), "tools/render.ts", ...args],
+    {
+      cwd: PROJECT_DIR,
+      encoding: "utf8",
+      timeout: 60_000,
+    },
+  );
   return { status: run.status, stdout: run.stdout, stderr: run.stderr };
 }
 
@@ -46,10 +50,19 @@ describe.each(["dev", "prod"])("render --stack %s", (stack) => {
   let runs: ReturnType<typeof render>[] = [];
 
   it("succeeds offline and writes every file", () => {
-    runs = [render(["--stack", stack, "--out", first]), render(["--stack", stack, "--out", second])];
+    runs = [
+      render(["--stack", stack, "--out", first]),
+      render(["--stack", stack, "--out", second]),
+    ];
     for (const run of runs) expect(run.status, run.stderr).toBe(0);
     expect(Object.keys(readTree(path.join(first, stack))).sort()).toEqual(
-      ["postfix/main.cf", "postfix/master.cf", "resources.json", "traefik/dynamic.yml", "traefik/static.yml"].sort(),
+      [
+        "postfix/main.cf",
+        "postfix/master.cf",
+        "resources.json",
+        "traefik/dynamic.yml",
+        "traefik/static.yml",
+      ].sort(),
     );
   });
 
@@ -69,7 +82,9 @@ describe.each(["dev", "prod"])("render --stack %s", (stack) => {
   });
 
   it("lists every resource with type, name, parent, provider and dependencies, secrets masked", () => {
-    const resources = JSON.parse(fs.readFileSync(path.join(first, stack, "resources.json"), "utf8")) as {
+    const resources = JSON.parse(
+      fs.readFileSync(path.join(first, stack, "resources.json"), "utf8"),
+    ) as {
       type: string;
       name: string;
       parent: string | null;
@@ -94,7 +109,8 @@ describe.each(["dev", "prod"])("render --stack %s", (stack) => {
 describe("render with a stack file that holds encrypted values", () => {
   it("never decrypts them: they stay [secret] in every file", () => {
     const dir = stackDirWith((config) => {
-      for (const key of SECRET_KEYS) config[`homelab-smtp:${key}`] = { secure: "v1:c2VjcmV0LW5vdC1kZWNyeXB0ZWQ=" };
+      for (const key of SECRET_KEYS)
+        config[`homelab-smtp:${key}`] = { secure: "v1:c2VjcmV0LW5vdC1kZWNyeXB0ZWQ=" };
     });
     const out = path.join(scratch, "secure");
     const run = render(["--stack", "dev", "--out", out, "--stack-dir", dir]);
@@ -127,3 +143,89 @@ describe("render of an invalid stack file", () => {
     expect(fs.existsSync(out)).toBe(false);
   });
 });
+
+describe("render of a stack with two hosts", () => {
+  const out = path.join(scratch, "two-hosts");
+  const base = YAML.parse(
+    fs.readFileSync(path.join(PROJECT_DIR, "stacks/Pulumi.dev.yaml"), "utf8"),
+  ).config;
+  const [address, prefix] = String(base["homelab-smtp:lxc.ipv4"]).split("/");
+  const second = {
+    hostname: `${base["homelab-smtp:lxc.hostname"]}-b`,
+    address: address.replace(/\d+$/, (last) => String(Number(last) + 1)),
+  };
+  const dir = stackDirWith((config) => {
+    config["homelab-smtp:edge.extraHosts"] = [
+      `node=pve-b,vmId=${Number(base["homelab-smtp:lxc.vmId"]) + 1},ipv4=${second.address}/${prefix},hostname=${second.hostname}`,
+    ];
+    config["homelab-smtp:redis.password"] = { secure: "v1:cmVkaXMtcGFzc3dvcmQ=" };
+  });
+  const run = render(["--stack", "dev", "--out", out, "--stack-dir", dir]);
+  const tree = run.status === 0 ? readTree(path.join(out, "dev")) : {};
+  const hosts = [String(base["homelab-smtp:lxc.hostname"]), second.hostname];
+  const resources = () =>
+    JSON.parse(tree["resources.json"]) as {
+      type: string;
+      name: string;
+      provider: string | null;
+      inputs: any;
+    }[];
+
+  it("succeeds, with each edge's Traefik configuration in a folder named after its host", () => {
+    expect(run.status, run.stderr).toBe(0);
+    const expected = [
+      "resources.json",
+      "postfix/main.cf",
+      "postfix/master.cf",
+      ...hosts.flatMap((h) => [`traefik/${h}/static.yml`, `traefik/${h}/dynamic.yml`]),
+    ];
+    expect(Object.keys(tree).sort()).toEqual(expected.sort());
+  });
+
+  it("renders two LXC hosts, two Traefiks, two relays and one Redis", () => {
+    const count = (type: string) => resources().filter((r) => r.type === type).length;
+    expect(count("proxmoxve:index/containerLegacy:ContainerLegacy")).toBe(2);
+    expect(count("homelab:edge:Edge")).toBe(2);
+    expect(count("homelab:relay:Relay")).toBe(2);
+    expect(count("homelab:redis:RateLimitStore")).toBe(1);
+    const addresses = resources()
+      .filter((r) => r.type === "proxmoxve:index/containerLegacy:ContainerLegacy")
+      .map((r) => r.inputs.initialization.ipConfigs[0].ipv4.address.split("/")[0]);
+    expect(addresses).toEqual(expect.arrayContaining([address, second.address]));
+  });
+
+  it("points every edge's rate limiter at the one Redis on the first host, through the file provider", () => {
+    for (const host of hosts) {
+      const dynamic = YAML.parse(tree[`traefik/${host}/dynamic.yml`]);
+      const rateLimit = dynamic.http.middlewares["relay-ratelimit"].rateLimit;
+      expect(rateLimit.redis.endpoints, host).toEqual([`${address}:${Pulumi.redisPort}`]);
+      expect(rateLimit.redis.password).toMatch(/^\{\{ env "\w+" \}\}$/);
+      expect(dynamic.http.routers["relay-metrics"].middlewares[0]).toBe("relay-ratelimit@file");
+    }
+    const redis = resources().find(
+      (r) => r.type === "docker:index/container:Container" && r.name.endsWith("-redis"),
+    );
+    expect(redis?.inputs.networkMode).toBe("host");
+    expect(redis?.provider).toBe(
+      resources().find((r) => r.name.endsWith("-edge-traefik"))?.provider,
+    );
+  });
+
+  it("shows the same static configuration on both edges, and never the encrypted password", () => {
+    expect(tree[`traefik/${hosts[0]}/static.yml`]).toBe(tree[`traefik/${hosts[1]}/static.yml`]);
+    expect(Object.values(tree).join("\n")).not.toContain("cmVkaXMtcGFzc3dvcmQ");
+  });
+
+  it("says in its summary that the buckets are shared", () => {
+    expect(run.stdout).toMatch(/hosts \(2\)/);
+    expect(run.stdout).toContain(`Redis at ${address}:${Pulumi.redisPort}`);
+  });
+});
+
+/** Defaults the render tests rely on, read from Pulumi.yaml rather than repeated here. */
+const Pulumi = {
+  get redisPort(): number {
+    const project = YAML.parse(fs.readFileSync(path.join(PROJECT_DIR, "Pulumi.yaml"), "utf8"));
+    return project.config["redis.port"].default;
+  },
+};

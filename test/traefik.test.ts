@@ -20,8 +20,13 @@ import {
 } from "../components/names";
 import {
   EDGE_NETWORK,
+  FILE_PROVIDER_FILE,
   PRIVATE_RANGES,
+  RATE_LIMIT_FILE,
+  REDIS_PASSWORD_ENV,
   fileProviderDynamic,
+  fileProviderFiles,
+  rateLimitFileDynamic,
   labelsToDynamic,
   mergeDynamic,
   relayLabels,
@@ -47,6 +52,7 @@ const SECRETS: Record<string, string> = {
   "relay.clientLogins": "alerts:login-leak-canary-9f3c",
   "relay.upstreamPassword": "smarthost-leak-canary-0b1e",
   "acme.dnsProviderToken": "dns-token-leak-canary-c4d8",
+  "redis.password": "redis-password-leak-canary-6e0a",
 };
 
 /** A stack as `pulumi up` would see it (secrets decrypted), with some plain keys replaced. */
@@ -637,5 +643,95 @@ describe("validation failures name the path", () => {
         /^\/http\/routers\/[^/]+\/middlewares\/2: no http middleware "missing@docker"$/,
       ),
     ]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Several edges: one rate limiter, its buckets in the shared Redis.
+
+/**
+ * A second Docker host on the stack's own network (the next address), which makes the stack
+ * share its buckets through Redis.
+ */
+function extraHost(stack: string): Record<string, unknown> {
+  const { lxc } = stackConfig(stack);
+  const [address, prefix] = lxc.ipv4.split("/");
+  const next = address.replace(/\d+$/, (last) => String(Number(last) + 1));
+  return { "edge.extraHosts": [`node=pve2,vmId=${lxc.vmId + 1},ipv4=${next}/${prefix}`] };
+}
+
+/** The rate limiter and the router as one edge's Traefik assembles them (labels + files). */
+function assembledWithFiles(config: HomelabConfig): Record<string, any> {
+  return fileProviderFiles(config).reduce(
+    (tree, { dynamic }) => mergeDynamic(tree, dynamic),
+    labelsToDynamic([{ name: "relay", labels: relayLabels(config) }]),
+  );
+}
+
+describe.each(CRITERIA)("with several edges: $name", ({ stack, overrides }) => {
+  const config = stackConfig(stack, { ...overrides, ...extraHost(stack) });
+  const tree = assembledWithFiles(config);
+
+  it("defines the rate limiter once, in the file provider, with the same limits as labels would", () => {
+    const labels = relayLabels(config);
+    expect(Object.keys(labels).filter((k) => /\.ratelimit\./i.test(k))).toEqual([]);
+    const ipStrategy = expectedIpStrategy(config);
+    const { redis, ...limits } = tree.http.middlewares[RATE_LIMIT_MIDDLEWARE].rateLimit;
+    expect(limits).toEqual({
+      average: config.rateLimit.average,
+      period: config.rateLimit.period,
+      burst: config.rateLimit.burst,
+      ...(ipStrategy ? { sourceCriterion: { ipStrategy } } : {}),
+    });
+    expect(redis.endpoints).toEqual([`${config.redis!.host}:${config.redis!.port}`]);
+  });
+
+  it("points the router at the file provider's rate limiter, still first", () => {
+    const [router] = Object.values<any>(tree.http.routers);
+    expect(router.middlewares[0]).toBe(`${RATE_LIMIT_MIDDLEWARE}@file`);
+  });
+
+  it("validates (the redis block through the project's own schema) and its references resolve", () => {
+    expect(validateDynamic(tree).map(String)).toEqual([]);
+    expect(validateReferences(tree).map(String)).toEqual([]);
+  });
+});
+
+describe("the rate-limit file", () => {
+  const config = stackConfig("prod", extraHost("prod"));
+
+  it("reaches Redis on the first host's address", () => {
+    expect(config.redis!.host).toBe(config.hosts[0].lxc.address);
+    const redis = (rateLimitFileDynamic(config) as any).http.middlewares[RATE_LIMIT_MIDDLEWARE]
+      .rateLimit.redis;
+    expect(redis.endpoints).toEqual([`${config.hosts[0].lxc.address}:${config.redis!.port}`]);
+  });
+
+  it("holds a template reading the password from Traefik's environment, never the password", () => {
+    const files = fileProviderFiles(config);
+    expect(files.map((f) => f.file)).toEqual([FILE_PROVIDER_FILE, RATE_LIMIT_FILE]);
+    const text = renderYaml(files[1].dynamic);
+    expect(text).not.toContain(SECRETS["redis.password"]);
+    const parsed = YAML.parse(text).http.middlewares[RATE_LIMIT_MIDDLEWARE].rateLimit.redis;
+    // Go template syntax for sprig's env function, as Traefik's file provider runs it.
+    expect(parsed.password).toMatch(new RegExp(`^\\{\\{ env "${REDIS_PASSWORD_ENV}" \\}\\}$`));
+    // Single-quoted in YAML, so the rendered password lands inside a quoted string.
+    expect(text).toContain(`'${parsed.password}'`);
+  });
+
+  it("is refused with average 0: Traefik's Redis limiter would answer every request with 429", () => {
+    const zero = { ...config, rateLimit: { ...config.rateLimit, average: 0 } };
+    expect(() => rateLimitFileDynamic(zero)).toThrow(/rateLimit\.average is 0 .*429/);
+  });
+
+  it("does not exist with a single edge: the labels keep the limiter in memory, as before", () => {
+    const single = stackConfig("prod");
+    expect(single.redis).toBeUndefined();
+    expect(rateLimitFileDynamic(single)).toBeUndefined();
+    expect(fileProviderFiles(single).map((f) => f.file)).toEqual([FILE_PROVIDER_FILE]);
+    const labels = relayLabels(single);
+    expect(labels[`traefik.http.routers.relay-metrics.middlewares`].split(",")[0]).toBe(
+      RATE_LIMIT_MIDDLEWARE,
+    );
   });
 });

@@ -9,9 +9,16 @@ import { Command } from "commander";
 import YAML from "yaml";
 import { HomelabSmtp } from "../components/homelab";
 import { validateDynamic, validateStatic } from "../components/traefikSchema";
-import { ConfigError, HomelabConfig, loadStackFile, PROJECT, PROJECT_DIR, parseConfig } from "../config";
+import {
+  ConfigError,
+  HomelabConfig,
+  loadStackFile,
+  PROJECT,
+  PROJECT_DIR,
+  parseConfig,
+} from "../config";
 import { installMocks, registeredResources, settled } from "./mockRuntime";
-import { renderFiles, resourcesJson, summary } from "./render/output";
+import { outputFiles, renderFiles, resourcesJson, summary } from "./render/output";
 
 interface Options {
   stack: string;
@@ -53,22 +60,20 @@ async function render(options: Options): Promise<void> {
   const resources = registeredResources();
 
   const files = renderFiles(config, resources);
-  const problems = [
-    ...validateStatic(YAML.parse(files.staticYaml)).map((e) => `traefik/static.yml: ${e}`),
-    ...validateDynamic(files.dynamic).map((e) => `traefik/dynamic.yml: ${e}`),
-  ];
+  const where = (edge: { host: string }) =>
+    files.edges.length === 1 ? "traefik" : `traefik/${edge.host}`;
+  const problems = files.edges.flatMap((edge) => [
+    ...validateStatic(YAML.parse(edge.staticYaml)).map((e) => `${where(edge)}/static.yml: ${e}`),
+    ...validateDynamic(edge.dynamic).map((e) => `${where(edge)}/dynamic.yml: ${e}`),
+  ]);
   if (problems.length > 0) {
-    throw new UserError(`the rendered Traefik configuration does not validate:\n${problems.map((p) => `  - ${p}`).join("\n")}`);
+    throw new UserError(
+      `the rendered Traefik configuration does not validate:\n${problems.map((p) => `  - ${p}`).join("\n")}`,
+    );
   }
 
   const target = path.resolve(options.out, options.stack);
-  writeAtomically(target, {
-    "resources.json": resourcesJson(resources),
-    "traefik/static.yml": files.staticYaml,
-    "traefik/dynamic.yml": files.dynamicYaml,
-    "postfix/main.cf": files.mainCf,
-    "postfix/master.cf": files.masterCf,
-  });
+  writeAtomically(target, { "resources.json": resourcesJson(resources), ...outputFiles(files) });
 
   const ms = Number(process.hrtime.bigint() - started) / 1e6;
   const shown = path.relative(process.cwd(), target) || target;

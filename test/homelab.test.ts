@@ -1,0 +1,263 @@
+/**
+ * The whole program under the mock runtime: one node (Docker host, edge, relay) per host of
+ * the stack, the shared Redis with several hosts, and where secrets may appear.
+ */
+import { describe, expect, it } from "vitest";
+import { ConfigSource, HomelabConfig, RawValue, loadStackFile, parseConfig } from "../config";
+import { HomelabSmtp, nodeNames } from "../components/homelab";
+import type { ReportViolation } from "@pulumi/policy";
+import { policies } from "../policy/policies";
+import { CONTAINER_TYPE } from "../policy/rules";
+import {
+  isSecretValue,
+  registeredResources,
+  settle,
+  unwrapSecrets,
+  type Registered,
+} from "./mocks";
+
+/** Decrypted secrets, distinctive enough to be found anywhere they leak to. */
+const SECRETS: Record<string, string> = {
+  "proxmox.credential": "pve-credential-leak-canary-h1",
+  "lxc.sshPrivateKey":
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary-h2\n-----END OPENSSH PRIVATE KEY-----",
+  "relay.clientLogins": "alerts:login-leak-canary-h3",
+  "relay.upstreamPassword": "smarthost-leak-canary-h4",
+  "acme.dnsProviderToken": "dns-token-leak-canary-h5",
+  "redis.password": "redis-password-leak-canary-h6",
+};
+const SECRET_TEXTS = [
+  "pve-credential-leak-canary-h1",
+  "ssh-key-leak-canary-h2",
+  "login-leak-canary-h3",
+  "smarthost-leak-canary-h4",
+  "dns-token-leak-canary-h5",
+  "redis-password-leak-canary-h6",
+];
+
+const TYPES = {
+  host: "homelab:host:DockerHost",
+  edge: "homelab:edge:Edge",
+  relay: "homelab:relay:Relay",
+  store: "homelab:redis:RateLimitStore",
+  container: "docker:index/container:Container",
+  lxc: "proxmoxve:index/containerLegacy:ContainerLegacy",
+  dockerProvider: "pulumi:providers:docker",
+} as const;
+
+/** The stack with `extra` more hosts on its own network (the next addresses). */
+function stackConfig(stack: string, extra = 0): HomelabConfig {
+  const source = loadStackFile(stack);
+  const values = new Map<string, RawValue>(source.values);
+  for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
+  const [address, prefix] = values.get("lxc.ipv4")!.text.split("/");
+  const vmId = Number(values.get("lxc.vmId")!.text);
+  const hosts = Array.from({ length: extra }, (_, i) => {
+    const next = address.replace(/\d+$/, (last) => String(Number(last) + i + 1));
+    return `node=pve${i + 2},vmId=${vmId + i + 1},ipv4=${next}/${prefix}`;
+  });
+  values.set("edge.extraHosts", { text: JSON.stringify(hosts), secret: false });
+  return parseConfig({ ...source, values } satisfies ConfigSource);
+}
+
+let builds = 0;
+
+interface Built {
+  name: string;
+  config: HomelabConfig;
+  smtp: HomelabSmtp;
+  /** What this build registered. */
+  resources: Registered[];
+  ofType(type: string): Registered[];
+  byName(name: string): Registered;
+}
+
+async function build(stack: string, extra = 0): Promise<Built> {
+  const config = stackConfig(stack, extra);
+  const name = `hl-${stack}-${++builds}`;
+  const smtp = new HomelabSmtp(name, { config });
+  await settle(smtp.relay.metrics.id);
+  await Promise.all(smtp.nodes.map((n) => settle(n.relay.metrics.id)));
+  if (smtp.rateLimitStore) await settle(smtp.rateLimitStore.container.id);
+  const resources = registeredResources().filter(
+    (r) => r.name === name || r.name.startsWith(`${name}-`),
+  );
+  return {
+    name,
+    config,
+    smtp,
+    resources,
+    ofType: (type) => resources.filter((r) => r.type === type),
+    byName(wanted) {
+      const found = resources.find((r) => r.name === wanted && r.type === TYPES.container);
+      if (!found) throw new Error(`no container ${wanted}`);
+      return found;
+    },
+  };
+}
+
+const urnName = (urn?: string) => urn?.slice(urn.lastIndexOf("::") + 2);
+/** The provider's resource name, from a "<urn>::<id>" reference. */
+const providerOf = (r: Registered) => urnName(r.provider?.slice(0, r.provider.lastIndexOf("::")));
+
+/** Every string in a value, with whether it sits inside a secret. */
+function strings(value: unknown, secret = false): { text: string; secret: boolean }[] {
+  if (isSecretValue(value)) return strings(value.value, true);
+  if (typeof value === "string") return [{ text: value, secret }];
+  if (Array.isArray(value)) return value.flatMap((v) => strings(v, secret));
+  if (typeof value === "object" && value !== null)
+    return Object.values(value).flatMap((v) => strings(v, secret));
+  return [];
+}
+
+describe.each(["dev", "prod"])("the %s stack with three hosts", (stack) => {
+  const built = build(stack, 2);
+
+  it("builds one Docker host, edge and relay per host, the first under the single-host names", async () => {
+    const { name, config, ofType } = await built;
+    expect(config.hosts).toHaveLength(3);
+    const expected = config.hosts.map((_, i) => nodeNames(name, i));
+    expect(ofType(TYPES.host).map((r) => r.name)).toEqual(expected.map((n) => n.host));
+    expect(ofType(TYPES.edge).map((r) => r.name)).toEqual(expected.map((n) => n.edge));
+    expect(ofType(TYPES.relay).map((r) => r.name)).toEqual(expected.map((n) => n.relay));
+    expect(expected[0]).toEqual({
+      host: `${name}-host`,
+      edge: `${name}-edge`,
+      relay: `${name}-relay`,
+    });
+  });
+
+  it("puts each host's LXC container on its own node and address", async () => {
+    const { config, ofType } = await built;
+    const lxcs = ofType(TYPES.lxc);
+    expect(lxcs.map((r) => r.inputs.nodeName)).toEqual(config.hosts.map((h) => h.proxmox.node));
+    expect(lxcs.map((r) => r.inputs.vmId)).toEqual(config.hosts.map((h) => h.lxc.vmId));
+    expect(lxcs.map((r) => r.inputs.initialization.ipConfigs[0].ipv4.address)).toEqual(
+      config.hosts.map((h) => h.lxc.ipv4),
+    );
+  });
+
+  it("runs each relay next to its own Traefik: same Docker host, same network", async () => {
+    const { smtp, byName, name } = await built;
+    smtp.nodes.forEach((_, i) => {
+      const names = nodeNames(name, i);
+      const traefik = byName(`${names.edge}-traefik`);
+      const relay = byName(names.relay);
+      const metrics = byName(`${names.relay}-metrics`);
+      for (const c of [traefik, relay, metrics])
+        expect(providerOf(c), c.name).toBe(`${names.host}-docker`);
+      expect(relay.dependencies.map(urnName)).toContain(`${names.edge}-network`);
+    });
+  });
+
+  it("runs one Redis, on the first host, with no published port and its password only as a secret", async () => {
+    const { smtp, config, ofType, name } = await built;
+    expect(ofType(TYPES.store)).toHaveLength(1);
+    const redis = ofType(TYPES.container).filter(
+      (c) => c.parent && urnName(c.parent) === `${name}-redis`,
+    );
+    expect(redis).toHaveLength(1);
+    expect(providerOf(redis[0])).toBe(`${nodeNames(name, 0).host}-docker`);
+    expect(redis[0].inputs.ports ?? []).toEqual([]);
+    expect(redis[0].inputs.networkMode).toBe("host");
+    expect(isSecretValue(redis[0].inputs.envs)).toBe(true);
+    expect(smtp.rateLimitStore?.endpoint).toBe(
+      `${config.hosts[0].lxc.address}:${config.redis!.port}`,
+    );
+  });
+
+  it("gives every Traefik the Redis password as a secret, and no label or upload holds a secret", async () => {
+    const { ofType } = await built;
+    const containers = ofType(TYPES.container);
+    for (const c of containers) {
+      for (const field of ["labels", "uploads", "entrypoints", "command", "healthcheck"]) {
+        const found = strings(c.inputs[field]);
+        expect(
+          found.filter((s) => s.secret),
+          `${c.name} ${field}`,
+        ).toEqual([]);
+        for (const secret of SECRET_TEXTS) {
+          expect(JSON.stringify(found), `${c.name} ${field}`).not.toContain(secret);
+        }
+      }
+    }
+    const traefiks = containers.filter((c) => c.name.endsWith("-traefik"));
+    expect(traefiks).toHaveLength(3);
+    for (const t of traefiks) {
+      const env = strings(t.inputs.envs).find((s) => s.text.includes(SECRETS["redis.password"]));
+      expect(env?.secret, t.name).toBe(true);
+    }
+  });
+
+  it("passes the policy pack: every HTTP router rate limited first, the limiter defined", async () => {
+    const { resources, config } = await built;
+    const containers = resources
+      .filter((r) => r.type === CONTAINER_TYPE)
+      .map((r) => ({
+        type: r.type,
+        name: r.name,
+        urn: `urn:pulumi:${config.stack}::homelab-smtp::${r.type}::${r.name}`,
+        props: unwrapSecrets(r.inputs) as Record<string, unknown>,
+      }));
+    const found: string[] = [];
+    const report: ReportViolation = (message) => void found.push(message);
+    for (const policy of policies) {
+      if ("validateStack" in policy) {
+        const stackResources = containers.map((c) => ({
+          ...c,
+          dependencies: [],
+          propertyDependencies: {},
+        }));
+        await policy.validateStack(
+          { resources: stackResources, stackTags: new Map() } as never,
+          report,
+        );
+        continue;
+      }
+      for (const c of containers) {
+        for (const validate of [policy.validateResource ?? []].flat()) {
+          await validate({ ...c, stackTags: new Map() } as never, report);
+        }
+      }
+    }
+    expect(found).toEqual([]);
+  });
+
+  it("holds every secret only inside secret values, anywhere", async () => {
+    for (const r of (await built).resources) {
+      for (const { text, secret } of strings(r.inputs)) {
+        if (secret) continue;
+        for (const value of SECRET_TEXTS) expect(text, `${r.type} ${r.name}`).not.toContain(value);
+      }
+    }
+  });
+});
+
+describe.each(["dev", "prod"])("the %s stack as written (one host)", (stack) => {
+  const single = build(stack);
+  const multi = build(stack, 1);
+
+  it("has one node and no Redis", async () => {
+    const { smtp, config, ofType } = await single;
+    expect(config.redis).toBeUndefined();
+    expect(smtp.nodes).toHaveLength(1);
+    expect(smtp.rateLimitStore).toBeUndefined();
+    expect(ofType(TYPES.store)).toEqual([]);
+  });
+
+  it("keeps the first host's resource names when a host is added, so Pulumi replaces none of them", async () => {
+    const [one, two] = await Promise.all([single, multi]);
+    const local = (b: Built, r: Registered) => r.name.slice(b.name.length);
+    const firstHost = (b: Built) =>
+      b.resources
+        .filter(
+          (r) =>
+            r.type !== TYPES.store &&
+            !local(b, r).includes("-2") &&
+            !local(b, r).includes("-redis"),
+        )
+        .map((r) => `${r.type} ${local(b, r)}`);
+    expect(firstHost(two)).toEqual(expect.arrayContaining(firstHost(one)));
+    expect(new Set(firstHost(two))).toEqual(new Set(firstHost(one)));
+  });
+});
