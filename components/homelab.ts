@@ -6,6 +6,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
 import { DockerHost } from "./dockerHost";
 import { Edge } from "./edge";
+import { Fail2ban } from "./fail2ban";
 import { RateLimitStore } from "./redis";
 import { Relay } from "./relay";
 import { relayLabels } from "./traefik";
@@ -15,11 +16,12 @@ export interface HomelabSmtpArgs {
   config: HomelabConfig;
 }
 
-/** One Docker host with its own Traefik and its own relay. */
+/** One Docker host with its own Traefik, its own relay and, when enabled, its own bans. */
 export interface EdgeNode {
   host: DockerHost;
   edge: Edge;
   relay: Relay;
+  fail2ban?: Fail2ban;
 }
 
 /**
@@ -29,12 +31,13 @@ export interface EdgeNode {
 export function nodeNames(
   name: string,
   index: number,
-): { host: string; edge: string; relay: string } {
+): { host: string; edge: string; relay: string; fail2ban: string } {
   const suffix = index === 0 ? "" : `-${index + 1}`;
   return {
     host: `${name}-host${suffix}`,
     edge: `${name}-edge${suffix}`,
     relay: `${name}-relay${suffix}`,
+    fail2ban: `${name}-fail2ban${suffix}`,
   };
 }
 
@@ -65,7 +68,15 @@ export class HomelabSmtp extends pulumi.ComponentResource {
         { config, dockerProvider, network: edge.network, labels },
         { parent: this },
       );
-      return { host, edge, relay };
+      // Each host bans on its own: its firewall, its relay's log.
+      const fail2ban = config.fail2ban
+        ? new Fail2ban(
+            names.fail2ban,
+            { fail2ban: config.fail2ban, dockerProvider, maillog: relay.maillog },
+            { parent: this },
+          )
+        : undefined;
+      return { host, edge, relay, ...(fail2ban ? { fail2ban } : {}) };
     });
     [{ host: this.host, edge: this.edge, relay: this.relay }] = this.nodes;
 

@@ -133,6 +133,9 @@ export class RateLimitStore extends pulumi.ComponentResource {
         user: serverUser(redis.image),
         entrypoints: ["/bin/sh", "-c", redisStartScript(redis)],
         envs: redisEnvironment(redis),
+        // No Traefik labels and no role of the relay's: an empty list, which the policy pack
+        // reads like any container's labels.
+        labels: [],
         healthcheck: redisHealthcheck(redis),
         restart: "unless-stopped",
         logDriver: "json-file",

@@ -192,6 +192,8 @@ export class Relay extends pulumi.ComponentResource {
   readonly container: docker.Container;
   readonly metrics: docker.Container;
   readonly settings: PostfixSettings;
+  /** The volume holding MAIL_LOG, Postfix's plain-text log; readers mount it read-only. */
+  readonly maillog: docker.Volume;
 
   constructor(name: string, args: RelayArgs, opts?: pulumi.ComponentResourceOptions) {
     super("homelab:relay:Relay", name, {}, opts);
@@ -211,6 +213,7 @@ export class Relay extends pulumi.ComponentResource {
     );
     const spool = new docker.Volume(`${name}-spool`, { name: `${name}-spool` }, child);
     const maillog = new docker.Volume(`${name}-maillog`, { name: `${name}-maillog` }, child);
+    this.maillog = maillog;
 
     this.container = new docker.Container(
       name,

@@ -40,15 +40,21 @@ const TYPES = {
   edge: "homelab:edge:Edge",
   relay: "homelab:relay:Relay",
   store: "homelab:redis:RateLimitStore",
+  fail2ban: "homelab:fail2ban:Fail2ban",
   container: "docker:index/container:Container",
   lxc: "proxmoxve:index/containerLegacy:ContainerLegacy",
   dockerProvider: "pulumi:providers:docker",
 } as const;
 
 /** The stack with `extra` more hosts on its own network (the next addresses). */
-function stackConfig(stack: string, extra = 0): HomelabConfig {
+function stackConfig(
+  stack: string,
+  extra = 0,
+  changes: Record<string, string> = {},
+): HomelabConfig {
   const source = loadStackFile(stack);
   const values = new Map<string, RawValue>(source.values);
+  for (const [key, text] of Object.entries(changes)) values.set(key, { text, secret: false });
   for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
   const [address, prefix] = values.get("lxc.ipv4")!.text.split("/");
   const vmId = Number(values.get("lxc.vmId")!.text);
@@ -72,13 +78,18 @@ interface Built {
   byName(name: string): Registered;
 }
 
-async function build(stack: string, extra = 0): Promise<Built> {
-  const config = stackConfig(stack, extra);
+async function build(
+  stack: string,
+  extra = 0,
+  changes: Record<string, string> = {},
+): Promise<Built> {
+  const config = stackConfig(stack, extra, changes);
   const name = `hl-${stack}-${++builds}`;
   const smtp = new HomelabSmtp(name, { config });
   await settle(smtp.relay.metrics.id);
   await Promise.all(smtp.nodes.map((n) => settle(n.relay.metrics.id)));
   if (smtp.rateLimitStore) await settle(smtp.rateLimitStore.container.id);
+  for (const node of smtp.nodes) if (node.fail2ban) await settle(node.fail2ban.container.id);
   const resources = registeredResources().filter(
     (r) => r.name === name || r.name.startsWith(`${name}-`),
   );
@@ -120,7 +131,7 @@ describe.each(["dev", "prod"])("the %s stack with three hosts", (stack) => {
     expect(ofType(TYPES.host).map((r) => r.name)).toEqual(expected.map((n) => n.host));
     expect(ofType(TYPES.edge).map((r) => r.name)).toEqual(expected.map((n) => n.edge));
     expect(ofType(TYPES.relay).map((r) => r.name)).toEqual(expected.map((n) => n.relay));
-    expect(expected[0]).toEqual({
+    expect(expected[0]).toMatchObject({
       host: `${name}-host`,
       edge: `${name}-edge`,
       relay: `${name}-relay`,
@@ -189,6 +200,26 @@ describe.each(["dev", "prod"])("the %s stack with three hosts", (stack) => {
     }
   });
 
+  it("bans on every host: fail2ban with firewall capabilities, reading that host's relay log read-only", async () => {
+    const { smtp, byName, name, config } = await built;
+    expect(config.fail2ban).toBeDefined();
+    smtp.nodes.forEach((node, i) => {
+      const names = nodeNames(name, i);
+      const fail2ban = byName(names.fail2ban);
+      expect(node.fail2ban).toBeDefined();
+      expect(providerOf(fail2ban)).toBe(`${names.host}-docker`);
+      expect(fail2ban.inputs.networkMode).toBe("host");
+      expect(fail2ban.inputs.capabilities.adds.sort()).toEqual(["NET_ADMIN", "NET_RAW"]);
+      const relayLog = byName(names.relay).inputs.volumes.find((v: any) =>
+        String(v.volumeName).endsWith("-maillog"),
+      );
+      const mounted = fail2ban.inputs.volumes.find(
+        (v: any) => v.volumeName === relayLog.volumeName,
+      );
+      expect(mounted, names.fail2ban).toEqual({ ...relayLog, readOnly: true });
+    });
+  });
+
   it("passes the policy pack: every HTTP router rate limited first, the limiter defined", async () => {
     const { resources, config } = await built;
     const containers = resources
@@ -236,6 +267,15 @@ describe.each(["dev", "prod"])("the %s stack with three hosts", (stack) => {
 describe.each(["dev", "prod"])("the %s stack as written (one host)", (stack) => {
   const single = build(stack);
   const multi = build(stack, 1);
+
+  it("has fail2ban on its host by default, and none when fail2ban.enabled is false", async () => {
+    const { ofType } = await single;
+    expect(ofType(TYPES.fail2ban)).toHaveLength(1);
+    const off = await build(stack, 0, { "fail2ban.enabled": "false" });
+    expect(off.config.fail2ban).toBeUndefined();
+    expect(off.smtp.nodes[0].fail2ban).toBeUndefined();
+    expect(off.ofType(TYPES.fail2ban)).toEqual([]);
+  });
 
   it("has one node and no Redis", async () => {
     const { smtp, config, ofType } = await single;
