@@ -7,7 +7,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import YAML from "yaml";
 import { afterAll, describe, expect, it } from "vitest";
-import { PROJECT_DIR, SECRET_KEYS } from "../config";
+import { PROJECT_DIR, SECRET_KEYS, loadStackFile, parseConfig } from "../config";
+import { JAIL_PATH, jailLocal } from "../components/fail2ban";
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "render-test-"));
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
@@ -62,6 +63,10 @@ describe.each(["dev", "prod"])("render --stack %s", (stack) => {
         "resources.json",
         "traefik/dynamic.yml",
         "traefik/static.yml",
+        // fail2ban is on unless a stack turns it off.
+        ...(parseConfig(loadStackFile(stack), { allowUnsetSecrets: true }).fail2ban
+          ? ["fail2ban/jail.local"]
+          : []),
       ].sort(),
     );
   });
@@ -177,6 +182,7 @@ describe("render of a stack with two hosts", () => {
       "resources.json",
       "postfix/main.cf",
       "postfix/master.cf",
+      "fail2ban/jail.local",
       ...hosts.flatMap((h) => [`traefik/${h}/static.yml`, `traefik/${h}/dynamic.yml`]),
     ];
     expect(Object.keys(tree).sort()).toEqual(expected.sort());
@@ -216,9 +222,35 @@ describe("render of a stack with two hosts", () => {
     expect(Object.values(tree).join("\n")).not.toContain("cmVkaXMtcGFzc3dvcmQ");
   });
 
+  it("runs fail2ban on both hosts with the one jail it writes to fail2ban/jail.local", () => {
+    const jails = resources()
+      .filter((r) => r.type === "docker:index/container:Container")
+      .flatMap((r) => (r.inputs.uploads ?? []).filter((u: any) => u.file === JAIL_PATH))
+      .map((u: any) => u.content);
+    expect(jails).toHaveLength(2);
+    for (const jail of jails) expect(jail).toBe(tree["fail2ban/jail.local"]);
+    const config = parseConfig(loadStackFile("dev", dir), { allowUnsetSecrets: true });
+    expect(tree["fail2ban/jail.local"]).toBe(jailLocal(config.fail2ban!));
+  });
+
   it("says in its summary that the buckets are shared", () => {
     expect(run.stdout).toMatch(/hosts \(2\)/);
     expect(run.stdout).toContain(`Redis at ${address}:${Pulumi.redisPort}`);
+  });
+});
+
+describe("render of a stack without fail2ban", () => {
+  it("writes no jail and says there are no bans", () => {
+    const out = path.join(scratch, "no-bans");
+    const dir = stackDirWith((config) => {
+      config["homelab-smtp:fail2ban.enabled"] = false;
+    });
+    const run = render(["--stack", "dev", "--out", out, "--stack-dir", dir]);
+    expect(run.status, run.stderr).toBe(0);
+    expect(
+      Object.keys(readTree(path.join(out, "dev"))).filter((f) => f.startsWith("fail2ban")),
+    ).toEqual([]);
+    expect(run.stdout).toMatch(/Bans: none/);
   });
 });
 

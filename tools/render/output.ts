@@ -7,6 +7,7 @@ import type { HomelabConfig } from "../../config";
 import { connectionRateLimit } from "../../config";
 import { ROLE_LABEL, TRAEFIK_DYNAMIC_DIR, TRAEFIK_STATIC_PATH } from "../../components/names";
 import { postfixSettings, renderMainCf, renderMasterCf } from "../../components/postfix";
+import { BANNED_PORTS, JAIL_NAME, JAIL_PATH } from "../../components/fail2ban";
 import { labelsToDynamic, mergeDynamic, renderYaml } from "../../components/traefik";
 import { maskSecrets, type Registered } from "../mockRuntime";
 
@@ -77,6 +78,8 @@ export interface RenderedFiles {
   edges: EdgeFiles[];
   mainCf: string;
   masterCf: string;
+  /** fail2ban's jail.local, the same on every host; absent when fail2ban is disabled. */
+  jail?: string;
 }
 
 /** The LXC hostname of the Docker host whose provider created `container`. */
@@ -124,6 +127,16 @@ function edgeFiles(edge: Registered, resources: readonly Registered[]): EdgeFile
   };
 }
 
+/** The jail every fail2ban container receives; they must all receive the same one. */
+function jailOf(resources: readonly Registered[]): string | undefined {
+  const jails = resources
+    .filter((r) => r.type === CONTAINER)
+    .flatMap((r) => ((r.inputs.uploads ?? []) as Upload[]).filter((u) => u.file === JAIL_PATH))
+    .map((u) => u.content ?? "");
+  if (new Set(jails).size > 1) throw new Error("the fail2ban containers received different jails");
+  return jails[0];
+}
+
 /** A dynamic configuration without the servers, which name each host's own containers. */
 function withoutServers(dynamic: Record<string, unknown>): unknown {
   return JSON.parse(JSON.stringify(dynamic), (key, value) =>
@@ -156,6 +169,7 @@ export function renderFiles(
   }
 
   const settings = postfixSettings(config);
+  const jail = jailOf(resources);
   return {
     staticYaml: first.staticYaml,
     dynamic: first.dynamic,
@@ -163,6 +177,7 @@ export function renderFiles(
     edges,
     mainCf: renderMainCf(settings),
     masterCf: renderMasterCf(settings),
+    ...(jail === undefined ? {} : { jail }),
   };
 }
 
@@ -181,7 +196,12 @@ export function outputFiles(files: RenderedFiles): Record<string, string> {
             [`traefik/${edge.host}/dynamic.yml`, edge.dynamicYaml],
           ]),
         );
-  return { ...traefik, "postfix/main.cf": files.mainCf, "postfix/master.cf": files.masterCf };
+  return {
+    ...traefik,
+    "postfix/main.cf": files.mainCf,
+    "postfix/master.cf": files.masterCf,
+    ...(files.jail === undefined ? {} : { "fail2ban/jail.local": files.jail }),
+  };
 }
 
 /** The few lines a reviewer reads in five seconds. */
@@ -238,6 +258,20 @@ export function summary(
   lines.push(
     `  SMTP (Postfix anvil, per ${rl.windowSeconds}s): ${connections || "unlimited"} connections, ${rl.authAttempts} AUTH, ${rl.messages} messages; exempt: ${rl.exempt.join(",") || "none"}`,
   );
+  const bans = config.fail2ban;
+  if (bans) {
+    lines.push(
+      `  Bans (fail2ban ${JAIL_NAME}, each host): ${bans.maxRetry} failed logins in ${bans.findTime} -> ` +
+        `ports ${BANNED_PORTS.join(",")} closed for ${bans.banTime}; never: ${bans.ignoreIPs.join(",")}`,
+    );
+    if (config.traefik.trustedProxies.length > 0) {
+      lines.push(
+        "    clients behind traefik.trustedProxies cannot be banned here: ban at the proxy",
+      );
+    }
+  } else {
+    lines.push("  Bans: none (fail2ban.enabled is false)");
+  }
   if (config.warnings.length) {
     lines.push(`warnings (${config.warnings.length}):`);
     for (const w of config.warnings) lines.push(`  - ${w}`);
