@@ -554,7 +554,10 @@ const keySchemas = {
   ),
   "redis.image": required("a pinned Redis-compatible image"),
   "redis.port": port,
-  "redis.password": str,
+  "redis.password": str.refine(
+    (t) => !/['\r\n]/.test(t),
+    "no single quote or line break (Traefik reads it inside a single-quoted YAML string)",
+  ),
 
   "fail2ban.enabled": z.boolean(),
   "fail2ban.image": required("a pinned fail2ban image"),
@@ -1034,6 +1037,7 @@ const rules: readonly Rule[] = [
   },
   {
     reads: [
+      "acme.challenge",
       "edge.extraHosts",
       "lxc.vmId",
       "lxc.ipv4",
@@ -1075,6 +1079,12 @@ const rules: readonly Rule[] = [
           "a rate above 0 with edge.extraHosts: the buckets are shared through Redis then, and Traefik's Redis limiter answers 429 to every request when average is 0",
         );
       }
+      if (v["acme.challenge"] !== "dns") {
+        ctx.warn(
+          `acme.challenge ${v["acme.challenge"]} with several edges: each edge asks for its own certificate, and ` +
+            "Let's Encrypt may reach another edge than the one that asked; the dns challenge does not have that problem",
+        );
+      }
       if (ctx.unset.has("redis.password")) ctx.warn(unsetSecretWarning("redis.password"));
       else if (!hasSecret(v, ctx, "redis.password")) {
         ctx.problem(
@@ -1093,9 +1103,21 @@ const rules: readonly Rule[] = [
     },
   },
   {
-    reads: ["fail2ban.enabled", "fail2ban.image", "fail2ban.findTime", "fail2ban.banTime"],
-    check(v, { problem }) {
+    reads: [
+      "fail2ban.enabled",
+      "fail2ban.image",
+      "fail2ban.findTime",
+      "fail2ban.banTime",
+      "traefik.trustedProxies",
+    ],
+    check(v, { problem, warn }) {
       if (!v["fail2ban.enabled"]) return;
+      if (v["traefik.trustedProxies"].length > 0) {
+        warn(
+          "fail2ban bans addresses in this host's firewall, but clients that come through traefik.trustedProxies " +
+            "arrive from the proxy's address: their bans block nothing; ban them at the proxy",
+        );
+      }
       if (!imageTag(v["fail2ban.image"])) {
         problem(
           "fail2ban.image",

@@ -23,8 +23,12 @@ const smtp = new HomelabSmtp(PROJECT, { config });
 
 /** The Proxmox container id of the Docker host. */
 export const containerId = smtp.host.containerId;
-/** Where the edge answers: point the relay's DNS name here. */
+/** Where the first edge answers: point the relay's DNS name here. */
 export const address = smtp.host.address;
+/** Every edge's address, the first one first (several with edge.extraHosts). */
+export const addresses = smtp.nodes.map((node) => node.host.address);
+/** The shared rate-limit store, host:port, when there are several edges. */
+export const rateLimitStore = smtp.rateLimitStore?.endpoint;
 export const relayHostname = config.relay.hostname;
 /** Host ports of Traefik's entry points. */
 export const ports = config.traefik.ports;

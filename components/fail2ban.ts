@@ -11,6 +11,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
 import { MAIL_LOG, MAIL_LOG_DIR } from "./relay";
 import { CONTAINER_PORTS } from "./traefik";
+import { ROLE_LABEL, type Role } from "./names";
 
 type Fail2banConfig = NonNullable<HomelabConfig["fail2ban"]>;
 
@@ -119,9 +120,7 @@ export class Fail2ban extends pulumi.ComponentResource {
         networkMode: "host",
         capabilities: { adds: ["NET_ADMIN", "NET_RAW"] },
         envs: fail2banEnvironment(fail2ban),
-        // No Traefik labels and no role of the relay's: an empty list, which the policy pack
-        // reads like any container's labels.
-        labels: [],
+        labels: [{ label: ROLE_LABEL, value: "fail2ban" satisfies Role }],
         uploads: [{ file: JAIL_PATH, content: jailLocal(fail2ban) }],
         volumes: [
           { volumeName: args.maillog.name, containerPath: MAIL_LOG_DIR, readOnly: true },

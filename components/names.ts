@@ -31,7 +31,7 @@ export const RATE_LIMIT_MIDDLEWARE = "relay-ratelimit";
 
 /** Label saying which part of the stack a container is; the policy pack reads it. */
 export const ROLE_LABEL = "homelab-smtp.role";
-export type Role = "edge" | "relay" | "relay-metrics";
+export type Role = "edge" | "relay" | "relay-metrics" | "rate-limit-store" | "fail2ban";
 
 /** Where Traefik reads its static configuration and its file-provider directory. */
 export const TRAEFIK_STATIC_PATH = "/etc/traefik/traefik.yml";

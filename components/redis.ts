@@ -7,6 +7,7 @@
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
+import { ROLE_LABEL, type Role } from "./names";
 
 export interface RateLimitStoreArgs {
   /** The store's settings (HomelabConfig["redis"]): image, port, password, and the address to bind. */
@@ -133,9 +134,7 @@ export class RateLimitStore extends pulumi.ComponentResource {
         user: serverUser(redis.image),
         entrypoints: ["/bin/sh", "-c", redisStartScript(redis)],
         envs: redisEnvironment(redis),
-        // No Traefik labels and no role of the relay's: an empty list, which the policy pack
-        // reads like any container's labels.
-        labels: [],
+        labels: [{ label: ROLE_LABEL, value: "rate-limit-store" satisfies Role }],
         healthcheck: redisHealthcheck(redis),
         restart: "unless-stopped",
         logDriver: "json-file",

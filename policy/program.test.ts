@@ -35,6 +35,7 @@ async function containersOf(stack: string, changes: Record<string, string> = {})
     .filter((l: any) => l.label === ROLE_LABEL);
   expect(roles.map((l: any) => l.value).sort(), "the containers the rules are about").toEqual([
     "edge",
+    "fail2ban",
     "relay",
     "relay-metrics",
   ]);
@@ -95,7 +96,7 @@ describe("the policy pack on the program", () => {
     const routerMiddlewares = /^traefik\.http\.routers\.[^.]+\.middlewares$/i;
     let routers = 0;
     const stripped = containers.map((c) => {
-      const labels = (c.props.labels as { label: string; value: string }[]).map((l) => {
+      const labels = ((c.props.labels ?? []) as { label: string; value: string }[]).map((l) => {
         if (!routerMiddlewares.test(l.label)) return l;
         routers++;
         const rest = l.value.split(",").filter((m) => !m.startsWith(RATE_LIMIT_MIDDLEWARE));

@@ -451,6 +451,21 @@ describe("several edges", () => {
     expect(config.redis?.host).toBe("10.30.0.25");
   });
 
+  it("warns that bans cannot block clients behind the trusted proxy", () => {
+    const prod = parseConfig(withSecrets(loadStackFile("prod")));
+    const dev = parseConfig(withSecrets(loadStackFile("dev")));
+    expect(prod.warnings.join("\n")).toMatch(/fail2ban .* ban them at the proxy/);
+    expect(dev.warnings.join("\n")).not.toMatch(/fail2ban/);
+  });
+
+  it("refuses a Redis password Traefik's file template could not carry", () => {
+    const source = devWith({ "edge.extraHosts": ["node=pve2,vmId=9126,ipv4=10.30.0.26/24"] });
+    const secrets = { ...decryptedSecrets, "redis.password": "it's-a-password" };
+    expect(() => parseConfig(withSecrets(source, secrets))).toThrow(
+      /redis\.password .*found \[secret\]; expected no single quote or line break/,
+    );
+  });
+
   it("never bans loopback, the exempt senders or the trusted proxies", () => {
     const config = parseConfig(withSecrets(loadStackFile("prod")));
     expect(config.fail2ban?.ignoreIPs).toEqual(
