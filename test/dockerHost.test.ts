@@ -4,14 +4,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { describe, expect, it } from "vitest";
-import {
-  ConfigSource,
-  HomelabConfig,
-  PROJECT,
-  RawValue,
-  loadStackFile,
-  parseConfig,
-} from "../config";
+import { HomelabConfig, PROJECT } from "../config";
+import { SECRETS, stackConfig } from "./stacks";
 import {
   DockerHost,
   DockerHostArgs,
@@ -23,30 +17,6 @@ import { Registered, registeredResources, settle } from "./mocks";
 
 // ---------------------------------------------------------------------------------------
 // Building the component under the mock runtime.
-
-/** Decrypted secrets, distinctive enough to be found anywhere they leak to. */
-const SECRETS: Record<string, string> = {
-  "proxmox.credential": "pve-credential-7c1e9b40-leak-canary",
-  "lxc.sshPrivateKey":
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nkey-leak-canary\n-----END OPENSSH PRIVATE KEY-----",
-  "relay.clientLogins": "alerts:correct-horse-battery",
-  "relay.upstreamPassword": "smarthost-password",
-  "acme.dnsProviderToken": "cf-token-0123456789",
-};
-
-/** A stack file as `pulumi up` hands it over (secrets decrypted), with some plain keys replaced. */
-function stackConfig(stack: string, overrides: Record<string, unknown> = {}): HomelabConfig {
-  const source = loadStackFile(stack);
-  const values = new Map<string, RawValue>(source.values);
-  for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
-  for (const [key, value] of Object.entries(overrides)) {
-    values.set(key, {
-      text: typeof value === "string" ? value : JSON.stringify(value),
-      secret: false,
-    });
-  }
-  return parseConfig({ ...source, values } satisfies ConfigSource);
-}
 
 interface Child {
   type: string;

@@ -2,14 +2,8 @@ import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import YAML from "yaml";
 import { describe, expect, it } from "vitest";
-import {
-  ACME_CA,
-  ConfigSource,
-  HomelabConfig,
-  RawValue,
-  loadStackFile,
-  parseConfig,
-} from "../config";
+import { ACME_CA, HomelabConfig } from "../config";
+import { SECRETS, stackConfig } from "./stacks";
 import { Edge, edgeEnvironment } from "../components/edge";
 import {
   CERT_RESOLVER,
@@ -32,30 +26,6 @@ import {
   unwrapSecrets,
   type Registered,
 } from "./mocks";
-
-/** Decrypted secrets, distinctive enough to be found anywhere they leak to. */
-const SECRETS: Record<string, string> = {
-  "proxmox.credential": "pve-credential-leak-canary-e1",
-  "lxc.sshPrivateKey":
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary-e2\n-----END OPENSSH PRIVATE KEY-----",
-  "relay.clientLogins": "alerts:login-leak-canary-e3",
-  "relay.upstreamPassword": "smarthost-leak-canary-e4",
-  "acme.dnsProviderToken": "dns-token-leak-canary-e5",
-  "redis.password": "redis-password-leak-canary-e6",
-};
-
-function stackConfig(stack: string, overrides: Record<string, unknown> = {}): HomelabConfig {
-  const source = loadStackFile(stack);
-  const values = new Map<string, RawValue>(source.values);
-  for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
-  for (const [key, value] of Object.entries(overrides)) {
-    values.set(key, {
-      text: typeof value === "string" ? value : JSON.stringify(value),
-      secret: false,
-    });
-  }
-  return parseConfig({ ...source, values } satisfies ConfigSource);
-}
 
 const TYPES = {
   component: "homelab:edge:Edge",

@@ -3,7 +3,8 @@
  * the stack, the shared Redis with several hosts, and where secrets may appear.
  */
 import { describe, expect, it } from "vitest";
-import { ConfigSource, HomelabConfig, RawValue, loadStackFile, parseConfig } from "../config";
+import { HomelabConfig, loadStackFile } from "../config";
+import { SECRETS, stackConfig } from "./stacks";
 import { HomelabSmtp, nodeNames } from "../components/homelab";
 import type { ReportViolation } from "@pulumi/policy";
 import { policies } from "../policy/policies";
@@ -16,16 +17,6 @@ import {
   type Registered,
 } from "./mocks";
 
-/** Decrypted secrets, distinctive enough to be found anywhere they leak to. */
-const SECRETS: Record<string, string> = {
-  "proxmox.credential": "pve-credential-leak-canary-h1",
-  "lxc.sshPrivateKey":
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary-h2\n-----END OPENSSH PRIVATE KEY-----",
-  "relay.clientLogins": "alerts:login-leak-canary-h3",
-  "relay.upstreamPassword": "smarthost-leak-canary-h4",
-  "acme.dnsProviderToken": "dns-token-leak-canary-h5",
-  "redis.password": "redis-password-leak-canary-h6",
-};
 const SECRET_TEXTS = [
   "pve-credential-leak-canary-h1",
   "ssh-key-leak-canary-h2",
@@ -47,23 +38,16 @@ const TYPES = {
 } as const;
 
 /** The stack with `extra` more hosts on its own network (the next addresses). */
-function stackConfig(
-  stack: string,
-  extra = 0,
-  changes: Record<string, string> = {},
-): HomelabConfig {
-  const source = loadStackFile(stack);
-  const values = new Map<string, RawValue>(source.values);
-  for (const [key, text] of Object.entries(changes)) values.set(key, { text, secret: false });
-  for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
-  const [address, prefix] = values.get("lxc.ipv4")!.text.split("/");
-  const vmId = Number(values.get("lxc.vmId")!.text);
+/** A stack with `extra` more hosts on the next nodes, ids and addresses. */
+function withHosts(stack: string, extra = 0, changes: Record<string, string> = {}): HomelabConfig {
+  const plain = loadStackFile(stack).values;
+  const [address, prefix] = plain.get("lxc.ipv4")!.text.split("/");
+  const vmId = Number(plain.get("lxc.vmId")!.text);
   const hosts = Array.from({ length: extra }, (_, i) => {
     const next = address.replace(/\d+$/, (last) => String(Number(last) + i + 1));
     return `node=pve${i + 2},vmId=${vmId + i + 1},ipv4=${next}/${prefix}`;
   });
-  values.set("edge.extraHosts", { text: JSON.stringify(hosts), secret: false });
-  return parseConfig({ ...source, values } satisfies ConfigSource);
+  return stackConfig(stack, { ...changes, "edge.extraHosts": hosts });
 }
 
 let builds = 0;
@@ -83,7 +67,7 @@ async function build(
   extra = 0,
   changes: Record<string, string> = {},
 ): Promise<Built> {
-  const config = stackConfig(stack, extra, changes);
+  const config = withHosts(stack, extra, changes);
   const name = `hl-${stack}-${++builds}`;
   const smtp = new HomelabSmtp(name, { config });
   await settle(smtp.relay.metrics.id);

@@ -8,15 +8,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as ipaddr from "ipaddr.js";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  ConfigSource,
-  HomelabConfig,
-  RawValue,
-  connectionRateLimit,
-  loadStackFile,
-  parseConfig,
-  parsePostfixTime,
-} from "../config";
+import { HomelabConfig, connectionRateLimit, parsePostfixTime } from "../config";
+import { SECRETS, stackConfig } from "./stacks";
 import { RELAY_LISTENERS } from "../components/names";
 import {
   MasterService,
@@ -25,32 +18,6 @@ import {
   renderMainCf,
   renderMasterCf,
 } from "../components/postfix";
-
-/** Decrypted secrets, distinctive enough to be found anywhere they leak to. */
-const SECRETS: Record<string, string> = {
-  "proxmox.credential": "pve-credential-leak-canary",
-  "lxc.sshPrivateKey":
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary\n-----END OPENSSH PRIVATE KEY-----",
-  "relay.clientLogins": "alerts:alerts-password-leak-canary,backup:backup-password-leak-canary",
-  "relay.upstreamPassword": "smarthost-password-leak-canary",
-  "acme.dnsProviderToken": "dns-token-leak-canary",
-};
-
-/** A stack as `pulumi up` hands it over (secrets decrypted); plain keys overridden, null removes one. */
-function stackConfig(stack: string, overrides: Record<string, unknown> = {}): HomelabConfig {
-  const source = loadStackFile(stack);
-  const values = new Map<string, RawValue>(source.values);
-  for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
-  for (const [key, value] of Object.entries(overrides)) {
-    if (value === null) values.delete(key);
-    else
-      values.set(key, {
-        text: typeof value === "string" ? value : JSON.stringify(value),
-        secret: false,
-      });
-  }
-  return parseConfig({ ...source, values } satisfies ConfigSource);
-}
 
 const STACKS = ["dev", "prod"] as const;
 

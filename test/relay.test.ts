@@ -8,7 +8,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as docker from "@pulumi/docker";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConfigSource, HomelabConfig, RawValue, loadStackFile, parseConfig } from "../config";
+import { HomelabConfig } from "../config";
+import { SECRETS, stackConfig } from "./stacks";
 import { RELAY_LISTENERS, ROLE_LABEL } from "../components/names";
 import {
   postfixSettings,
@@ -27,26 +28,11 @@ import {
   unwrapSecrets,
 } from "./mocks";
 
-const SECRETS: Record<string, string> = {
-  "proxmox.credential": "pve-credential-leak-canary",
-  "lxc.sshPrivateKey":
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary\n-----END OPENSSH PRIVATE KEY-----",
-  "relay.clientLogins": "alerts:alerts-password-leak-canary,backup:backup-password-leak-canary",
-  "relay.upstreamPassword": "smarthost-password-leak-canary",
-  "acme.dnsProviderToken": "dns-token-leak-canary",
-};
 const SECRET_TEXTS = [
   "alerts-password-leak-canary",
   "backup-password-leak-canary",
   SECRETS["relay.upstreamPassword"],
 ];
-
-function stackConfig(stack: string): HomelabConfig {
-  const source = loadStackFile(stack);
-  const values = new Map<string, RawValue>(source.values);
-  for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
-  return parseConfig({ ...source, values } satisfies ConfigSource);
-}
 
 const TYPES = {
   container: "docker:index/container:Container",

@@ -3,14 +3,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import YAML from "yaml";
 import { describe, expect, it } from "vitest";
-import {
-  ACME_CA,
-  ConfigSource,
-  HomelabConfig,
-  RawValue,
-  loadStackFile,
-  parseConfig,
-} from "../config";
+import { ACME_CA, HomelabConfig } from "../config";
+import { SECRETS, stackConfig } from "./stacks";
 import {
   CERT_RESOLVER,
   ENTRY_POINTS,
@@ -43,31 +37,6 @@ import {
 
 // ---------------------------------------------------------------------------------------
 // Configurations: the example stacks, and variations of them.
-
-/** Decrypted secrets, distinctive enough to be found anywhere they leak to. */
-const SECRETS: Record<string, string> = {
-  "proxmox.credential": "pve-credential-leak-canary-51d2",
-  "lxc.sshPrivateKey":
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-leak-canary-77aa\n-----END OPENSSH PRIVATE KEY-----",
-  "relay.clientLogins": "alerts:login-leak-canary-9f3c",
-  "relay.upstreamPassword": "smarthost-leak-canary-0b1e",
-  "acme.dnsProviderToken": "dns-token-leak-canary-c4d8",
-  "redis.password": "redis-password-leak-canary-6e0a",
-};
-
-/** A stack as `pulumi up` would see it (secrets decrypted), with some plain keys replaced. */
-function stackConfig(stack: string, overrides: Record<string, unknown> = {}): HomelabConfig {
-  const source = loadStackFile(stack);
-  const values = new Map<string, RawValue>(source.values);
-  for (const [key, text] of Object.entries(SECRETS)) values.set(key, { text, secret: true });
-  for (const [key, value] of Object.entries(overrides)) {
-    values.set(key, {
-      text: typeof value === "string" ? value : JSON.stringify(value),
-      secret: false,
-    });
-  }
-  return parseConfig({ ...source, values } satisfies ConfigSource);
-}
 
 const STACKS = ["dev", "prod"] as const;
 
