@@ -46,7 +46,15 @@ interface Tally {
 }
 
 async function hammer(relay: RelayInstance, seconds: number): Promise<Tally> {
-  const tally: Tally = { connections: 0, refusedAtGreeting: 0, refusedAuth: 0, passwordChecked: 0, errors: 0, seconds: 0, cpuSeconds: 0 };
+  const tally: Tally = {
+    connections: 0,
+    refusedAtGreeting: 0,
+    refusedAuth: 0,
+    passwordChecked: 0,
+    errors: 0,
+    seconds: 0,
+    cpuSeconds: 0,
+  };
   const cpuBefore = relay.cpuSeconds();
   const started = process.hrtime.bigint();
   const deadline = Date.now() + seconds * 1000;
@@ -55,7 +63,11 @@ async function hammer(relay: RelayInstance, seconds: number): Promise<Tally> {
     while (Date.now() < deadline && tally.connections < MAX_CONNECTIONS) {
       tally.connections++;
       try {
-        const { session, greeting } = await SmtpSession.open({ port: relay.ports.smtps, proxyFrom: ATTACKER, timeoutMs: 5_000 });
+        const { session, greeting } = await SmtpSession.open({
+          port: relay.ports.smtps,
+          proxyFrom: ATTACKER,
+          timeoutMs: 5_000,
+        });
         if (greeting.code === 421) {
           tally.refusedAtGreeting++;
           session.destroy();
@@ -92,7 +104,9 @@ async function measure(stack: string, settings: PostfixSettings, seconds: number
 }
 
 function withoutAnvilLimits(settings: PostfixSettings): PostfixSettings {
-  const main = Object.fromEntries(Object.entries(settings.main).filter(([name]) => !ANVIL_LIMITS.includes(name)));
+  const main = Object.fromEntries(
+    Object.entries(settings.main).filter(([name]) => !ANVIL_LIMITS.includes(name)),
+  );
   return { ...settings, main };
 }
 
@@ -106,12 +120,27 @@ function table(results: Array<[string, Tally]>): string {
     ["handled per second (password checked)", (t) => perSecond(t.passwordChecked, t)],
     ["client errors", (t) => String(t.errors)],
     ["Postfix CPU seconds", (t) => t.cpuSeconds.toFixed(2)],
-    ["Postfix CPU seconds per 1000 connections", (t) => ((t.cpuSeconds * 1000) / Math.max(1, t.connections)).toFixed(2)],
+    [
+      "Postfix CPU seconds per 1000 connections",
+      (t) => ((t.cpuSeconds * 1000) / Math.max(1, t.connections)).toFixed(2),
+    ],
   ];
   const labelWidth = Math.max(...rows.map(([label]) => label.length));
   const columnWidth = Math.max(...results.map(([name]) => name.length), 16);
-  const line = (label: string, cells: string[]) => `${label.padEnd(labelWidth)}  ${cells.map((c) => c.padStart(columnWidth)).join("  ")}`;
-  return [line("", results.map(([name]) => name)), ...rows.map(([label, cell]) => line(label, results.map(([, t]) => cell(t))))].join("\n");
+  const line = (label: string, cells: string[]) =>
+    `${label.padEnd(labelWidth)}  ${cells.map((c) => c.padStart(columnWidth)).join("  ")}`;
+  return [
+    line(
+      "",
+      results.map(([name]) => name),
+    ),
+    ...rows.map(([label, cell]) =>
+      line(
+        label,
+        results.map(([, t]) => cell(t)),
+      ),
+    ),
+  ].join("\n");
 }
 
 async function main(): Promise<void> {
@@ -119,7 +148,9 @@ async function main(): Promise<void> {
   const seconds = Number(process.argv[3] ?? 15);
   const missing = missingTools();
   if (missing.length > 0) {
-    console.error(`relay-shedding: needs ${missing.join(", ")} (apt-get install postfix postfix-lmdb sasl2-bin libsasl2-modules)`);
+    console.error(
+      `relay-shedding: needs ${missing.join(", ")} (apt-get install postfix postfix-lmdb sasl2-bin libsasl2-modules)`,
+    );
     process.exitCode = 1;
     return;
   }
@@ -130,8 +161,12 @@ async function main(): Promise<void> {
     ["Postfix defaults", await measure(stack, withoutAnvilLimits(rendered), seconds)],
   ];
   const cpus = os.cpus();
-  console.log(`relay shedding, ${stack} stack: one client address, ${WORKERS} connections in flight, failing AUTH`);
-  console.log(`machine: ${cpus.length} × ${cpus[0]?.model.trim() ?? "unknown CPU"}, Node ${process.version}\n`);
+  console.log(
+    `relay shedding, ${stack} stack: one client address, ${WORKERS} connections in flight, failing AUTH`,
+  );
+  console.log(
+    `machine: ${cpus.length} × ${cpus[0]?.model.trim() ?? "unknown CPU"}, Node ${process.version}\n`,
+  );
   console.log(table(results));
 }
 

@@ -22,12 +22,19 @@ import {
 import { LOOPBACK, SmtpSink } from "./smtp";
 
 /** Programs the suite runs; all come with Debian's postfix, sasl2-bin and openssl packages. */
-const TOOLS = ["/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/sbin/postmap", "/usr/sbin/saslpasswd2", "/usr/bin/openssl"];
+const TOOLS = [
+  "/usr/sbin/postfix",
+  "/usr/sbin/postconf",
+  "/usr/sbin/postmap",
+  "/usr/sbin/saslpasswd2",
+  "/usr/bin/openssl",
+];
 
 /** The tools that are not installed (empty when the suite can run). */
 export function missingTools(): string[] {
   const missing = TOOLS.filter((tool) => !fs.existsSync(tool));
-  if (missing.length === 0 && spawnSync("id", ["postfix"]).status !== 0) missing.push("the postfix user");
+  if (missing.length === 0 && spawnSync("id", ["postfix"]).status !== 0)
+    missing.push("the postfix user");
   return missing;
 }
 
@@ -114,7 +121,12 @@ export class RelayInstance {
     this.queueDir = path.join(this.root, "spool");
     this.dataDir = path.join(this.root, "lib");
     this.logFile = path.join(this.root, "maillog");
-    for (const dir of [this.configDir, this.queueDir, this.dataDir, path.join(this.configDir, "sasl")]) {
+    for (const dir of [
+      this.configDir,
+      this.queueDir,
+      this.dataDir,
+      path.join(this.configDir, "sasl"),
+    ]) {
       fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
     }
     execFileSync("chown", ["postfix:", this.dataDir]);
@@ -127,7 +139,9 @@ export class RelayInstance {
     try {
       await relay.prepare(options.logins);
       relay.postfix("start");
-      relay.masterPid = Number(fs.readFileSync(path.join(relay.queueDir, "pid", "master.pid"), "utf8").trim());
+      relay.masterPid = Number(
+        fs.readFileSync(path.join(relay.queueDir, "pid", "master.pid"), "utf8").trim(),
+      );
       relay.remember();
       return relay;
     } catch (err) {
@@ -141,10 +155,27 @@ export class RelayInstance {
     fs.mkdirSync(tlsDir, { mode: 0o700 });
     const cert = path.join(tlsDir, "relay.crt");
     const key = path.join(tlsDir, "relay.key");
-    execFileSync("openssl", [
-      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-      "-subj", `/CN=${this.config.relay.hostname}`, "-keyout", key, "-out", cert,
-    ], { stdio: "pipe" });
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        `/CN=${this.config.relay.hostname}`,
+        "-keyout",
+        key,
+        "-out",
+        cert,
+      ],
+      { stdio: "pipe" },
+    );
 
     const upstream = this.config.relay.upstream;
     const { sink, port: sinkPort } = await SmtpSink.start({
@@ -152,37 +183,69 @@ export class RelayInstance {
       implicitTls: this.rendered.main.smtp_tls_wrappermode === "yes",
     });
     this.sink = sink;
-    for (const listener of Object.keys(LISTENER_PORTS) as Listener[]) this.ports[listener] = await freePort();
+    for (const listener of Object.keys(LISTENER_PORTS) as Listener[])
+      this.ports[listener] = await freePort();
 
     const main = { ...this.rendered.main };
     const setMain = (name: string, value: string, why: string) => {
-      this.overrides.push({ file: "main.cf", name, rendered: this.rendered.main[name], value, why });
+      this.overrides.push({
+        file: "main.cf",
+        name,
+        rendered: this.rendered.main[name],
+        value,
+        why,
+      });
       main[name] = value;
     };
     setMain("queue_directory", this.queueDir, "a private queue per instance");
     setMain("data_directory", this.dataDir, "a private data directory per instance");
     setMain("maillog_file", this.logFile, "the log the tests read (the image logs to stdout)");
-    setMain("maillog_file_prefixes", this.root, "Postfix writes a maillog_file only under these prefixes");
+    setMain(
+      "maillog_file_prefixes",
+      this.root,
+      "Postfix writes a maillog_file only under these prefixes",
+    );
     setMain("smtpd_tls_cert_file", cert, "a certificate made for the test");
     setMain("smtpd_tls_key_file", key, "its key");
     setMain("relayhost", `[${LOOPBACK}]:${sinkPort}`, "the capturing smarthost on loopback");
     if (main.smtp_sasl_password_maps) {
       const table = path.join(this.configDir, "sasl_passwd");
       const type = main.smtp_sasl_password_maps.split(":")[0];
-      fs.writeFileSync(table, `${main.relayhost} ${upstream.username}:${randomBytes(12).toString("hex")}\n`, { mode: 0o600 });
-      setMain("smtp_sasl_password_maps", `${type}:${table}`, "the smarthost login table, same map type, a stand-in password");
+      fs.writeFileSync(
+        table,
+        `${main.relayhost} ${upstream.username}:${randomBytes(12).toString("hex")}\n`,
+        { mode: 0o600 },
+      );
+      setMain(
+        "smtp_sasl_password_maps",
+        `${type}:${table}`,
+        "the smarthost login table, same map type, a stand-in password",
+      );
     }
 
     const master = this.rendered.master.map((service): MasterService => {
-      const listener = (Object.keys(LISTENER_PORTS) as Listener[]).find((l) => LISTENER_PORTS[l] === inetPort(service));
+      const listener = (Object.keys(LISTENER_PORTS) as Listener[]).find(
+        (l) => LISTENER_PORTS[l] === inetPort(service),
+      );
       if (!listener) return service;
       const name = `${LOOPBACK}:${this.ports[listener]}`;
-      this.overrides.push({ file: "master.cf", name: service.service, rendered: service.service, value: name, why: `the ${listener} listener on a free loopback port` });
+      this.overrides.push({
+        file: "master.cf",
+        name: service.service,
+        rendered: service.service,
+        value: name,
+        why: `the ${listener} listener on a free loopback port`,
+      });
       return { ...service, service: name };
     });
 
     const sasldb = path.join(this.root, "sasldb2");
-    const saslConf = ["pwcheck_method: auxprop", "auxprop_plugin: sasldb", "mech_list: PLAIN LOGIN", `sasldb_path: ${sasldb}`];
+    const saslConf = [
+      "pwcheck_method: auxprop",
+      "auxprop_plugin: sasldb",
+      "mech_list: PLAIN LOGIN",
+      `sasldb_path: ${sasldb}`,
+    ];
     this.overrides.push({
       file: "sasl/smtpd.conf",
       name: "sasldb_path",
@@ -195,12 +258,17 @@ export class RelayInstance {
     const settings: PostfixSettings = { main, master };
     fs.writeFileSync(path.join(this.configDir, "main.cf"), renderMainCf(settings));
     fs.writeFileSync(path.join(this.configDir, "master.cf"), renderMasterCf(settings));
-    if (main.smtp_sasl_password_maps) this.run("/usr/sbin/postmap", ["-c", this.configDir, main.smtp_sasl_password_maps]);
+    if (main.smtp_sasl_password_maps)
+      this.run("/usr/sbin/postmap", ["-c", this.configDir, main.smtp_sasl_password_maps]);
 
     this.realm = this.postconfValue("smtpd_sasl_local_domain", true) || this.config.relay.hostname;
     for (const user of logins) {
       const login = { user, password: randomBytes(12).toString("base64url") };
-      this.run("/usr/sbin/saslpasswd2", ["-f", sasldb, "-p", "-c", "-u", this.realm, user], login.password);
+      this.run(
+        "/usr/sbin/saslpasswd2",
+        ["-f", sasldb, "-p", "-c", "-u", this.realm, user],
+        login.password,
+      );
       this.logins.set(user, login);
     }
     if (logins.length > 0) execFileSync("chown", ["postfix:", sasldb]);
@@ -209,7 +277,9 @@ export class RelayInstance {
   private run(program: string, args: string[], input?: string): string {
     const result = spawnSync(program, args, { input, encoding: "utf8", timeout: 30_000 });
     if (result.status !== 0) {
-      throw new Error(`${path.basename(program)} ${args.join(" ")} failed (${result.status}): ${result.stderr.trim()}\n${this.logTail()}`);
+      throw new Error(
+        `${path.basename(program)} ${args.join(" ")} failed (${result.status}): ${result.stderr.trim()}\n${this.logTail()}`,
+      );
     }
     return result.stdout;
   }
@@ -220,7 +290,13 @@ export class RelayInstance {
 
   /** A parameter as this instance's Postfix sees it (`expand`: with $names replaced). */
   postconfValue(name: string, expand = false): string {
-    return this.run("/usr/sbin/postconf", ["-c", this.configDir, ...(expand ? ["-x"] : []), "-h", name]).trim();
+    return this.run("/usr/sbin/postconf", [
+      "-c",
+      this.configDir,
+      ...(expand ? ["-x"] : []),
+      "-h",
+      name,
+    ]).trim();
   }
 
   /** `postconf -n`: every main.cf parameter set explicitly, as Postfix parsed it. */
@@ -313,7 +389,9 @@ export class RelayInstance {
 
   /** Processes of the instance that are still running. */
   private strays(): number[] {
-    return [...this.seenPids].filter(([pid, start]) => isRunning(pid) && readStat(pid)?.start === start).map(([pid]) => pid);
+    return [...this.seenPids]
+      .filter(([pid, start]) => isRunning(pid) && readStat(pid)?.start === start)
+      .map(([pid]) => pid);
   }
 }
 

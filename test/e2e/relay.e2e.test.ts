@@ -27,7 +27,14 @@ import * as net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectionRateLimit, type HomelabConfig } from "../../config";
 import { RELAY_LISTENERS } from "../../components/names";
-import { missingTools, RelayInstance, sleep, stackConfig, type Listener, type Login } from "./harness";
+import {
+  missingTools,
+  RelayInstance,
+  sleep,
+  stackConfig,
+  type Listener,
+  type Login,
+} from "./harness";
 import { LOOPBACK, replyText, SmtpSession, type ProxyVersion, type Reply } from "./smtp";
 
 /** Lines the harness may replace; anything else replaced fails the first test. */
@@ -59,7 +66,14 @@ const CLIENT = {
 } as const;
 
 /** Sources that must not relay without a login: internet, Docker networks, LAN, and a forged loopback. */
-const UNAUTHENTICATED_SOURCES = ["203.0.113.9", "172.17.0.2", "172.18.0.5", "192.168.1.50", "10.0.0.5", "127.0.0.1"];
+const UNAUTHENTICATED_SOURCES = [
+  "203.0.113.9",
+  "172.17.0.2",
+  "172.18.0.5",
+  "192.168.1.50",
+  "10.0.0.5",
+  "127.0.0.1",
+];
 
 const OUTSIDE_RECIPIENT = "someone@example.com";
 
@@ -109,7 +123,10 @@ if (missing.length > 0 && !process.env.CI) {
   });
 } else {
   beforeAll(async () => {
-    expect(missing, "Postfix and its tools must be installed (CI installs .ci/packages.txt)").toEqual([]);
+    expect(
+      missing,
+      "Postfix and its tools must be installed (CI installs .ci/packages.txt)",
+    ).toEqual([]);
     await Promise.all(runs.map((run) => run.start()));
   }, 120_000);
 
@@ -118,7 +135,8 @@ if (missing.length > 0 && !process.env.CI) {
     printFigures(runs);
   }, 120_000);
 
-  for (const run of runs) describe(`relay on a real Postfix, ${run.stack} stack`, () => run.describeTests());
+  for (const run of runs)
+    describe(`relay on a real Postfix, ${run.stack} stack`, () => run.describeTests());
 
   // Last, so that the anvil window started in beforeAll has mostly passed during the tests above.
   describe("relay on a real Postfix, after the window", () => {
@@ -134,7 +152,12 @@ if (missing.length > 0 && !process.env.CI) {
 function stackRun(stack: string): StackRun {
   const config: HomelabConfig = stackConfig(stack);
   const limits = config.rateLimit;
-  const connectionsPerWindow = connectionRateLimit(limits.average, limits.periodSeconds, limits.burst, limits.windowSeconds);
+  const connectionsPerWindow = connectionRateLimit(
+    limits.average,
+    limits.periodSeconds,
+    limits.burst,
+    limits.windowSeconds,
+  );
   const sender = `alerts@${config.relay.allowedSenderDomains[0]}`;
   const exemptHosts = limits.exempt.map(hostOf).filter((h): h is string => h !== undefined);
   const figures: Figures = {
@@ -174,15 +197,24 @@ function stackRun(stack: string): StackRun {
   }
 
   async function recoveryTest(): Promise<void> {
-    expect(blocked.auth.at(-1)?.code, "the recovery client was not cut off by the AUTH limit").toBe(450);
-    expect(blocked.greeting?.code, "the recovery client was not cut off by the connection rate").toBe(421);
+    expect(blocked.auth.at(-1)?.code, "the recovery client was not cut off by the AUTH limit").toBe(
+      450,
+    );
+    expect(
+      blocked.greeting?.code,
+      "the recovery client was not cut off by the connection rate",
+    ).toBe(421);
     await sleep(blocked.at + limits.windowSeconds * 1000 + 2_000 - Date.now());
     const id = await sendOne("smtps", CLIENT.recovery);
     expect(await delivered([id])).toEqual([id]);
   }
 
   /** Connects as `client` through the proxy (no header on the loopback listener) and says EHLO. */
-  async function connect(listener: Listener, client: string, version: ProxyVersion = 1): Promise<{ session: SmtpSession; greeting: Reply }> {
+  async function connect(
+    listener: Listener,
+    client: string,
+    version: ProxyVersion = 1,
+  ): Promise<{ session: SmtpSession; greeting: Reply }> {
     const { session, greeting } = await SmtpSession.open({
       port: relay.ports[listener],
       proxyFrom: listener === "local" ? undefined : client,
@@ -254,7 +286,8 @@ function stackRun(stack: string): StackRun {
       const running = relay.postconfN();
       const normalize = (v: string | undefined) => v?.replace(/\s+/g, " ").trim();
       for (const [name, value] of Object.entries(rendered.main)) {
-        const expected = overridden.get(name)?.file === "main.cf" ? overridden.get(name)!.value : value;
+        const expected =
+          overridden.get(name)?.file === "main.cf" ? overridden.get(name)!.value : value;
         expect(normalize(running[name]), `main.cf ${name}`).toBe(normalize(expected));
       }
       // postconf -c reports config_directory as set; it is the -c argument, not a main.cf line.
@@ -266,13 +299,26 @@ function stackRun(stack: string): StackRun {
       const services = relay.postconfM();
       const options = relay.postconfP();
       for (const service of rendered.master) {
-        const name = overridden.get(service.service)?.file === "master.cf" ? overridden.get(service.service)!.value : service.service;
+        const name =
+          overridden.get(service.service)?.file === "master.cf"
+            ? overridden.get(service.service)!.value
+            : service.service;
         const fields = services.get(`${name}/${service.type}`);
         expect(fields, `master.cf ${service.service}`).toBeDefined();
-        const columns = [service.private, service.unpriv, service.chroot, service.wakeup, service.maxproc, service.command];
+        const columns = [
+          service.private,
+          service.unpriv,
+          service.chroot,
+          service.wakeup,
+          service.maxproc,
+          service.command,
+        ];
         expect(fields!.slice(2, 8), `master.cf ${service.service} columns`).toEqual(columns);
         for (const [option, value] of Object.entries(service.options)) {
-          expect(normalize(options[`${name}/${service.type}/${option}`]), `master.cf ${service.service} -o ${option}`).toBe(normalize(value));
+          expect(
+            normalize(options[`${name}/${service.type}/${option}`]),
+            `master.cf ${service.service} -o ${option}`,
+          ).toBe(normalize(value));
         }
       }
       expect(services.size, "services the renderer did not render").toBe(rendered.master.length);
@@ -292,7 +338,9 @@ function stackRun(stack: string): StackRun {
           socket.on("error", () => resolve(text));
           socket.on("connect", () => socket.write("EHLO direct.test\r\n"));
         });
-        expect(received, `${listener}: a client without a PROXY header got a reply`).not.toMatch(/^220/);
+        expect(received, `${listener}: a client without a PROXY header got a reply`).not.toMatch(
+          /^220/,
+        );
       }
     });
 
@@ -303,7 +351,8 @@ function stackRun(stack: string): StackRun {
       "delivers the expected burst through %s, one login per message, none lost or doubled",
       async (listener, client) => {
         const sent: string[] = [];
-        for (let i = 0; i < config.relay.expectedBurst; i++) sent.push(await sendOne(listener, client));
+        for (let i = 0; i < config.relay.expectedBurst; i++)
+          sent.push(await sendOne(listener, client));
         figures.legitimateSent += sent.length;
 
         const got = await delivered(sent);
@@ -311,13 +360,18 @@ function stackRun(stack: string): StackRun {
         expect(got.sort()).toEqual([...sent].sort());
         expect(new Set(got).size).toBe(sent.length);
         const upstream = relay.sink.messages.filter((m) => sent.includes(m.messageId ?? ""));
-        expect(upstream.every((m) => m.tls && m.authenticatedAs === config.relay.upstream.username)).toBe(true);
+        expect(
+          upstream.every((m) => m.tls && m.authenticatedAs === config.relay.upstream.username),
+        ).toBe(true);
       },
       60_000,
     );
 
     it("offers AUTH on submission only after STARTTLS", async () => {
-      const { session, greeting } = await SmtpSession.open({ port: relay.ports.submission, proxyFrom: "198.51.100.20" });
+      const { session, greeting } = await SmtpSession.open({
+        port: relay.ports.submission,
+        proxyFrom: "198.51.100.20",
+      });
       open.push(session);
       expect(greeting.code).toBe(220);
       expect((await session.ehlo()).lines.some((l) => l.startsWith("AUTH"))).toBe(false);
@@ -333,59 +387,56 @@ function stackRun(stack: string): StackRun {
       ...exemptHosts.map((host) => ["smtps", host]),
       ["local", LOOPBACK],
     ] as [Listener, string][];
-    it.each(relayAttempts)("refuses to relay without a login: %s from %s", async (listener, source) => {
-      const before = relay.sink.messages.length;
-      const { session, greeting } = await connect(listener, source);
-      expect(greeting.code).toBe(220);
-      const { reply } = await session.sendMessage(sender, OUTSIDE_RECIPIENT);
-      expect(codeClass(reply), replyText(reply)).toBe(5);
-      await session.quit();
-      await sleep(100);
-      expect(relay.sink.messages.length).toBe(before);
-    });
-
-    it(
-      "cuts off AUTH brute force at rateLimit.authAttempts, while another client behind the same proxy logs in",
-      async () => {
-        const extra = 4;
-        const replies = await failLogins(CLIENT.bruteForce, limits.authAttempts + extra);
-        const codes = replies.map((r) => r.code);
-        expect(codes.slice(0, limits.authAttempts)).toEqual(Array(limits.authAttempts).fill(535));
-        expect(codes.slice(limits.authAttempts)).toEqual(Array(extra).fill(450));
-        expect(replyText(replies[limits.authAttempts])).toMatch(/4\.7\.1 .*too many AUTH commands/);
-
-        // The right password from the blocked address is refused too: the budget is per address.
-        const { session } = await connect("smtps", CLIENT.bruteForce);
-        expect((await session.authPlain(login.user, login.password)).code).toBe(450);
+    it.each(relayAttempts)(
+      "refuses to relay without a login: %s from %s",
+      async (listener, source) => {
+        const before = relay.sink.messages.length;
+        const { session, greeting } = await connect(listener, source);
+        expect(greeting.code).toBe(220);
+        const { reply } = await session.sendMessage(sender, OUTSIDE_RECIPIENT);
+        expect(codeClass(reply), replyText(reply)).toBe(5);
         await session.quit();
-        figures.abusiveAuthAttempts++;
-        figures.refusedByAnvilAuth++;
-
-        const neighbour = await sendOne("smtps", CLIENT.natNeighbour);
-        expect(await delivered([neighbour])).toEqual([neighbour]);
+        await sleep(100);
+        expect(relay.sink.messages.length).toBe(before);
       },
-      60_000,
     );
 
-    it(
-      "answers 421 above the connection rate (one window's worth), other clients unaffected",
-      async () => {
-        const greetings: number[] = [];
-        for (let i = 0; i <= connectionsPerWindow; i++) {
-          const { session, greeting } = await connect("submission", CLIENT.connectionFlood, 2);
-          greetings.push(greeting.code);
-          await session.quit();
-        }
-        expect(greetings.slice(0, connectionsPerWindow).every((c) => c === 220)).toBe(true);
-        expect(greetings[connectionsPerWindow]).toBe(421);
-        expect(countLog(relay, /Connection rate limit exceeded/, [CLIENT.connectionFlood])).toBeGreaterThan(0);
+    it("cuts off AUTH brute force at rateLimit.authAttempts, while another client behind the same proxy logs in", async () => {
+      const extra = 4;
+      const replies = await failLogins(CLIENT.bruteForce, limits.authAttempts + extra);
+      const codes = replies.map((r) => r.code);
+      expect(codes.slice(0, limits.authAttempts)).toEqual(Array(limits.authAttempts).fill(535));
+      expect(codes.slice(limits.authAttempts)).toEqual(Array(extra).fill(450));
+      expect(replyText(replies[limits.authAttempts])).toMatch(/4\.7\.1 .*too many AUTH commands/);
 
-        const other = await connect("submission", CLIENT.bystander, 2);
-        expect(other.greeting.code).toBe(220);
-        await other.session.quit();
-      },
-      60_000,
-    );
+      // The right password from the blocked address is refused too: the budget is per address.
+      const { session } = await connect("smtps", CLIENT.bruteForce);
+      expect((await session.authPlain(login.user, login.password)).code).toBe(450);
+      await session.quit();
+      figures.abusiveAuthAttempts++;
+      figures.refusedByAnvilAuth++;
+
+      const neighbour = await sendOne("smtps", CLIENT.natNeighbour);
+      expect(await delivered([neighbour])).toEqual([neighbour]);
+    }, 60_000);
+
+    it("answers 421 above the connection rate (one window's worth), other clients unaffected", async () => {
+      const greetings: number[] = [];
+      for (let i = 0; i <= connectionsPerWindow; i++) {
+        const { session, greeting } = await connect("submission", CLIENT.connectionFlood, 2);
+        greetings.push(greeting.code);
+        await session.quit();
+      }
+      expect(greetings.slice(0, connectionsPerWindow).every((c) => c === 220)).toBe(true);
+      expect(greetings[connectionsPerWindow]).toBe(421);
+      expect(
+        countLog(relay, /Connection rate limit exceeded/, [CLIENT.connectionFlood]),
+      ).toBeGreaterThan(0);
+
+      const other = await connect("submission", CLIENT.bystander, 2);
+      expect(other.greeting.code).toBe(220);
+      await other.session.quit();
+    }, 60_000);
 
     it("answers 421 above rateLimit.inFlight simultaneous connections, other clients unaffected", async () => {
       const held: SmtpSession[] = [];
@@ -404,30 +455,27 @@ function stackRun(stack: string): StackRun {
     });
 
     for (const host of exemptHosts) {
-      it(
-        `does not limit the exempt sender ${host}`,
-        async () => {
-          const codes: number[] = [];
-          for (let i = 0; i < connectionsPerWindow + 5; i++) {
-            const { session, greeting } = await connect("smtps", host);
-            codes.push(greeting.code);
-            await session.quit();
-          }
-          expect(codes.filter((c) => c !== 220)).toEqual([]);
+      it(`does not limit the exempt sender ${host}`, async () => {
+        const codes: number[] = [];
+        for (let i = 0; i < connectionsPerWindow + 5; i++) {
+          const { session, greeting } = await connect("smtps", host);
+          codes.push(greeting.code);
+          await session.quit();
+        }
+        expect(codes.filter((c) => c !== 220)).toEqual([]);
 
-          const held = await Promise.all(Array.from({ length: limits.inFlight + 2 }, () => connect("smtps", host)));
-          expect(held.map((h) => h.greeting.code).filter((c) => c !== 220)).toEqual([]);
-          for (const h of held) await h.session.quit();
+        const held = await Promise.all(
+          Array.from({ length: limits.inFlight + 2 }, () => connect("smtps", host)),
+        );
+        expect(held.map((h) => h.greeting.code).filter((c) => c !== 220)).toEqual([]);
+        for (const h of held) await h.session.quit();
 
-          const authCodes = (await failLogins(host, limits.authAttempts + 4)).map((r) => r.code);
-          expect(authCodes.filter((c) => c !== 535)).toEqual([]);
-          const id = await sendOne("smtps", host);
-          expect(await delivered([id])).toEqual([id]);
-        },
-        60_000,
-      );
+        const authCodes = (await failLogins(host, limits.authAttempts + 4)).map((r) => r.code);
+        expect(authCodes.filter((c) => c !== 535)).toEqual([]);
+        const id = await sendOne("smtps", host);
+        expect(await delivered([id])).toEqual([id]);
+      }, 60_000);
     }
-
   }
 
   return { stack, config, figures, start, stop, describeTests, recoveryTest };
@@ -443,15 +491,34 @@ function countLog(relay: RelayInstance, pattern: RegExp, clients: readonly strin
 
 function printFigures(runs: readonly StackRun[]): void {
   const rows: Array<[string, (f: Figures) => string]> = [
-    ["legitimate messages sent / delivered", (f) => `${f.legitimateSent} / ${f.legitimateDelivered}`],
+    [
+      "legitimate messages sent / delivered",
+      (f) => `${f.legitimateSent} / ${f.legitimateDelivered}`,
+    ],
     ["abusive AUTH attempts made", (f) => String(f.abusiveAuthAttempts)],
     ["  answered by the SASL backend (authentication failed)", (f) => String(f.answeredBySasl)],
     ["  refused by anvil before SASL (450 4.7.1)", (f) => String(f.refusedByAnvilAuth)],
-    ["connections made / refused with 421", (f) => `${f.connectionsMade} / ${f.connectionsRefused}`],
+    [
+      "connections made / refused with 421",
+      (f) => `${f.connectionsMade} / ${f.connectionsRefused}`,
+    ],
   ];
   const width = Math.max(...rows.map(([label]) => label.length));
-  const line = (label: string, cells: string[]) => `  ${label.padEnd(width)}  ${cells.map((c) => c.padStart(10)).join("  ")}`;
+  const line = (label: string, cells: string[]) =>
+    `  ${label.padEnd(width)}  ${cells.map((c) => c.padStart(10)).join("  ")}`;
   console.log(
-    ["relay e2e figures", line("", runs.map((r) => r.stack)), ...rows.map(([label, cell]) => line(label, runs.map((r) => cell(r.figures))))].join("\n"),
+    [
+      "relay e2e figures",
+      line(
+        "",
+        runs.map((r) => r.stack),
+      ),
+      ...rows.map(([label, cell]) =>
+        line(
+          label,
+          runs.map((r) => cell(r.figures)),
+        ),
+      ),
+    ].join("\n"),
   );
 }

@@ -20,12 +20,22 @@ export const replyText = (r: Reply) => `${r.code} ${r.lines.join(" / ")}`;
 export type ProxyVersion = 1 | 2;
 
 /** The 12-byte signature every PROXY v2 header starts with. */
-const PROXY_V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+const PROXY_V2_SIGNATURE = Buffer.from([
+  0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+]);
 
 /** A PROXY header announcing a TCP4 connection from `client` to `server`. */
-export function proxyHeader(version: ProxyVersion, client: string, server: string, clientPort: number, serverPort: number): Buffer {
-  if (!net.isIPv4(client) || !net.isIPv4(server)) throw new Error(`PROXY header: IPv4 addresses only, got ${client} -> ${server}`);
-  if (version === 1) return Buffer.from(`PROXY TCP4 ${client} ${server} ${clientPort} ${serverPort}\r\n`, "ascii");
+export function proxyHeader(
+  version: ProxyVersion,
+  client: string,
+  server: string,
+  clientPort: number,
+  serverPort: number,
+): Buffer {
+  if (!net.isIPv4(client) || !net.isIPv4(server))
+    throw new Error(`PROXY header: IPv4 addresses only, got ${client} -> ${server}`);
+  if (version === 1)
+    return Buffer.from(`PROXY TCP4 ${client} ${server} ${clientPort} ${serverPort}\r\n`, "ascii");
 
   const body = Buffer.alloc(12);
   Buffer.from(client.split(".").map(Number)).copy(body, 0);
@@ -74,7 +84,15 @@ export class SmtpSession {
     const session = new SmtpSession(socket, options.timeoutMs ?? 10_000);
     if (options.proxyFrom) {
       const clientPort = 20_000 + Math.floor(Math.random() * 40_000);
-      socket.write(proxyHeader(options.proxyVersion ?? 1, options.proxyFrom, LOOPBACK, clientPort, options.port));
+      socket.write(
+        proxyHeader(
+          options.proxyVersion ?? 1,
+          options.proxyFrom,
+          LOOPBACK,
+          clientPort,
+          options.port,
+        ),
+      );
     }
     try {
       return { session, greeting: await session.read() };
@@ -155,7 +173,9 @@ export class SmtpSession {
     plain.removeAllListeners("close");
     plain.removeAllListeners("error");
     this.socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
-      const secure = tls.connect({ socket: plain, rejectUnauthorized: false }, () => resolve(secure));
+      const secure = tls.connect({ socket: plain, rejectUnauthorized: false }, () =>
+        resolve(secure),
+      );
       secure.once("error", reject);
     });
     this.listen(this.socket);
@@ -172,7 +192,11 @@ export class SmtpSession {
    * MAIL, RCPT, DATA with a unique Message-ID. Stops at the first reply that is not a
    * success and returns it; the Message-ID is returned either way.
    */
-  async sendMessage(from: string, to: string, subject = "relay test"): Promise<{ reply: Reply; messageId: string }> {
+  async sendMessage(
+    from: string,
+    to: string,
+    subject = "relay test",
+  ): Promise<{ reply: Reply; messageId: string }> {
     const messageId = `<${randomUUID()}@client.test>`;
     for (const [line, expected] of [
       [`MAIL FROM:<${from}>`, 2],
@@ -182,7 +206,15 @@ export class SmtpSession {
       const reply = await this.command(line);
       if (Math.floor(reply.code / 100) !== expected) return { reply, messageId };
     }
-    const body = [`From: <${from}>`, `To: <${to}>`, `Subject: ${subject}`, `Message-ID: ${messageId}`, "", "Test message.", "."];
+    const body = [
+      `From: <${from}>`,
+      `To: <${to}>`,
+      `Subject: ${subject}`,
+      `Message-ID: ${messageId}`,
+      "",
+      "Test message.",
+      ".",
+    ];
     return { reply: await this.command(body.join("\r\n")), messageId };
   }
 
@@ -267,7 +299,11 @@ export class SmtpSink {
           return;
         }
         const idLine = data.find((l) => /^message-id:/i.test(l));
-        this.messages.push({ ...envelope, messageId: idLine?.replace(/^message-id:\s*/i, "").trim(), authenticatedAs: authUser });
+        this.messages.push({
+          ...envelope,
+          messageId: idLine?.replace(/^message-id:\s*/i, "").trim(),
+          authenticatedAs: authUser,
+        });
         envelope = { from: "", to: [], tls: envelope.tls };
         data = undefined;
         say("250 2.0.0 Ok: captured");
@@ -281,7 +317,10 @@ export class SmtpSink {
       } else if (verb === "STARTTLS") {
         say("220 2.0.0 Ready to start TLS");
         socket.removeAllListeners("data");
-        const secureSocket = new tls.TLSSocket(socket, { isServer: true, secureContext: this.context });
+        const secureSocket = new tls.TLSSocket(socket, {
+          isServer: true,
+          secureContext: this.context,
+        });
         this.sockets.add(secureSocket);
         secureSocket.on("error", () => secureSocket.destroy());
         secureSocket.on("data", onData);
