@@ -10,7 +10,13 @@ export const TABLE_START = "<!-- config-table:start (npm run docs:config) -->";
 export const TABLE_END = "<!-- config-table:end -->";
 
 function cell(text: string): string {
-  return text.replace(/\s+/g, " ").replace(/\|/g, "\\|").trim();
+  // Angle brackets would read as HTML tags in rendered Markdown.
+  return text
+    .replace(/\s+/g, " ")
+    .replace(/\|/g, "\\|")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    .trim();
 }
 
 function shownDefault(value: unknown, secret: boolean | undefined): string {
