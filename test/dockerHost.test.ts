@@ -13,7 +13,14 @@ import {
   containerTags,
   installTrigger,
 } from "../components/dockerHost";
-import { Registered, registeredResources, settle } from "./mocks";
+import {
+  isSecretValue,
+  Registered,
+  registeredResources,
+  settle,
+  strings,
+  unwrapSecrets,
+} from "./mocks";
 
 // ---------------------------------------------------------------------------------------
 // Building the component under the mock runtime.
@@ -83,40 +90,6 @@ async function build(config: HomelabConfig): Promise<Built> {
   };
 }
 
-// ---------------------------------------------------------------------------------------
-// Secrets as the mocks receive them: { <sig key>: <secret sig>, value }.
-
-const SIG_KEY = "4dabf18193072939515e22adb298388d";
-const SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270";
-
-function isSecretWrapper(value: unknown): value is { value: unknown } {
-  return (
-    typeof value === "object" &&
-    value !== null &&
-    (value as Record<string, unknown>)[SIG_KEY] === SECRET_SIG
-  );
-}
-
-/** The value with every secret wrapper replaced by what it wraps. */
-function reveal(value: unknown): any {
-  if (isSecretWrapper(value)) return reveal(value.value);
-  if (Array.isArray(value)) return value.map(reveal);
-  if (typeof value === "object" && value !== null) {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, reveal(v)]));
-  }
-  return value;
-}
-
-/** Every string in the value, with whether it sits inside a secret wrapper. */
-function strings(value: unknown, secret = false): { text: string; secret: boolean }[] {
-  if (isSecretWrapper(value)) return strings(value.value, true);
-  if (typeof value === "string") return [{ text: value, secret }];
-  if (Array.isArray(value)) return value.flatMap((v) => strings(v, secret));
-  if (typeof value === "object" && value !== null)
-    return Object.values(value).flatMap((v) => strings(v, secret));
-  return [];
-}
-
 /** Provider resources receive non-string inputs JSON-encoded. */
 function providerInput(value: unknown): unknown {
   return typeof value === "string" && /^[[{]|^(true|false)$/.test(value)
@@ -147,13 +120,15 @@ describe.each(STACKS)("DockerHost from the %s stack", (stack) => {
     expect(providerInput(inputs.insecure)).toBe(proxmox.insecure);
     const { auth } = proxmox;
     if (auth.method === "apiToken") {
-      expect(isSecretWrapper(inputs.apiToken)).toBe(true);
-      expect(reveal(inputs.apiToken)).toBe(`${auth.tokenId}=${SECRETS["proxmox.credential"]}`);
+      expect(isSecretValue(inputs.apiToken)).toBe(true);
+      expect(unwrapSecrets(inputs.apiToken)).toBe(
+        `${auth.tokenId}=${SECRETS["proxmox.credential"]}`,
+      );
       expect(inputs.password).toBeUndefined();
     } else {
       expect(inputs.username).toBe(auth.username);
-      expect(isSecretWrapper(inputs.password)).toBe(true);
-      expect(reveal(inputs.password)).toBe(SECRETS["proxmox.credential"]);
+      expect(isSecretValue(inputs.password)).toBe(true);
+      expect(unwrapSecrets(inputs.password)).toBe(SECRETS["proxmox.credential"]);
       expect(inputs.apiToken).toBeUndefined();
     }
   });
@@ -167,7 +142,7 @@ describe.each(STACKS)("DockerHost from the %s stack", (stack) => {
 
   it("uses the template the configuration names, downloading it only when asked", async () => {
     const b = await built;
-    const os = reveal(b.inputs(TYPES.container).operatingSystem);
+    const os = unwrapSecrets(b.inputs(TYPES.container).operatingSystem);
     if (proxmox.template.kind === "existing") {
       expect(b.child(TYPES.template)).toBeUndefined();
       expect(os.templateFileId).toBe(proxmox.template.fileId);
@@ -189,7 +164,7 @@ describe.each(STACKS)("DockerHost from the %s stack", (stack) => {
   });
 
   it("creates an unprivileged container sized, addressed and keyed as configured", async () => {
-    const c = reveal((await built).inputs(TYPES.container));
+    const c = unwrapSecrets((await built).inputs(TYPES.container));
     expect(c.unprivileged).toBe(true);
     expect(c.nodeName).toBe(proxmox.node);
     expect(c.vmId).toBe(lxc.vmId);
@@ -207,29 +182,29 @@ describe.each(STACKS)("DockerHost from the %s stack", (stack) => {
   });
 
   it("enables nesting, and keyctl only when the configuration asks for it", async () => {
-    const { features } = reveal((await built).inputs(TYPES.container));
+    const { features } = unwrapSecrets((await built).inputs(TYPES.container));
     expect(features.nesting).toBe(true);
     if (lxc.keyctl) expect(features.keyctl).toBe(true);
     else expect("keyctl" in features).toBe(false);
   });
 
   it("joins the configured bridge and VLAN", async () => {
-    const [nic] = reveal((await built).inputs(TYPES.container)).networkInterfaces;
+    const [nic] = unwrapSecrets((await built).inputs(TYPES.container)).networkInterfaces;
     expect(nic.bridge).toBe(lxc.bridge);
     expect(nic.vlanId).toBe(lxc.vlan);
   });
 
   it("tags the container with what manages it", async () => {
-    const { tags } = reveal((await built).inputs(TYPES.container));
+    const { tags } = unwrapSecrets((await built).inputs(TYPES.container));
     expect(tags).toEqual(expect.arrayContaining(["pulumi", PROJECT, pulumi.getStack()]));
   });
 
   it("installs Docker over SSH as the configured user, the key only as a secret", async () => {
     const inputs = (await built).inputs(TYPES.install);
     expect(
-      isSecretWrapper(inputs.connection) || isSecretWrapper((inputs.connection as any).privateKey),
+      isSecretValue(inputs.connection) || isSecretValue((inputs.connection as any).privateKey),
     ).toBe(true);
-    const connection = reveal(inputs.connection);
+    const connection = unwrapSecrets(inputs.connection);
     expect(connection).toMatchObject({ host: lxc.address, user: lxc.sshUser });
     expect(connection.privateKey).toBe(SECRETS["lxc.sshPrivateKey"]);
     expect(inputs.stdin).toBe(fs.readFileSync(INSTALL_SCRIPT_PATH, "utf8"));
@@ -242,7 +217,10 @@ describe.each(STACKS)("DockerHost from the %s stack", (stack) => {
     const { value: containerId } = await settle(
       (b.child(TYPES.container)!.resource as pulumi.CustomResource).id,
     );
-    expect(reveal(b.inputs(TYPES.install).triggers)).toEqual([installTrigger(script), containerId]);
+    expect(unwrapSecrets(b.inputs(TYPES.install).triggers)).toEqual([
+      installTrigger(script),
+      containerId,
+    ]);
   });
 
   it("points the Docker provider at the container over ssh, non-interactively", async () => {
@@ -312,7 +290,7 @@ describe("DockerHost with configuration variants", () => {
     },
   ])("$case", async ({ overrides, check }) => {
     const b = await build(stackConfig("dev", overrides));
-    check(reveal(b.inputs(TYPES.container)), b.inputs(TYPES.template));
+    check(unwrapSecrets(b.inputs(TYPES.container)), b.inputs(TYPES.template));
   });
 
   it.each([

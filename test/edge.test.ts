@@ -19,13 +19,7 @@ import {
   traefikStaticConfig,
 } from "../components/traefik";
 import { validateDynamic, validateStatic } from "../components/traefikSchema";
-import {
-  isSecretValue,
-  registeredResources,
-  settle,
-  unwrapSecrets,
-  type Registered,
-} from "./mocks";
+import { registeredResources, settle, strings, unwrapSecrets, type Registered } from "./mocks";
 
 const TYPES = {
   component: "homelab:edge:Edge",
@@ -71,16 +65,6 @@ async function build(config: HomelabConfig): Promise<Built> {
       return found.inputs;
     },
   };
-}
-
-/** Every string in a value, with whether it sits inside a secret. */
-function strings(value: unknown, secret = false): { text: string; secret: boolean }[] {
-  if (isSecretValue(value)) return strings(value.value, true);
-  if (typeof value === "string") return [{ text: value, secret }];
-  if (Array.isArray(value)) return value.flatMap((v) => strings(v, secret));
-  if (typeof value === "object" && value !== null)
-    return Object.values(value).flatMap((v) => strings(v, secret));
-  return [];
 }
 
 const upload = (inputs: Record<string, any>, file: string) =>

@@ -13,6 +13,7 @@ import {
   isSecretValue,
   registeredResources,
   settle,
+  strings,
   unwrapSecrets,
   type Registered,
 } from "./mocks";
@@ -94,16 +95,6 @@ async function build(
 const urnName = (urn?: string) => urn?.slice(urn.lastIndexOf("::") + 2);
 /** The provider's resource name, from a "<urn>::<id>" reference. */
 const providerOf = (r: Registered) => urnName(r.provider?.slice(0, r.provider.lastIndexOf("::")));
-
-/** Every string in a value, with whether it sits inside a secret. */
-function strings(value: unknown, secret = false): { text: string; secret: boolean }[] {
-  if (isSecretValue(value)) return strings(value.value, true);
-  if (typeof value === "string") return [{ text: value, secret }];
-  if (Array.isArray(value)) return value.flatMap((v) => strings(v, secret));
-  if (typeof value === "object" && value !== null)
-    return Object.values(value).flatMap((v) => strings(v, secret));
-  return [];
-}
 
 describe.each(["dev", "prod"])("the %s stack with three hosts", (stack) => {
   const built = build(stack, 2);

@@ -45,8 +45,11 @@ export function maskSecrets(value: unknown, replacement: unknown = "[secret]"): 
   return value;
 }
 
-/** Removes the secret wrappers, keeping the values (for tests that check what was wrapped). */
-export function unwrapSecrets(value: unknown): unknown {
+/**
+ * Removes the secret wrappers, keeping the values (for tests that check what was wrapped);
+ * as loosely typed as the recorded inputs it unwraps.
+ */
+export function unwrapSecrets(value: unknown): any {
   if (isSecretValue(value)) return unwrapSecrets(value.value);
   if (Array.isArray(value)) return value.map(unwrapSecrets);
   if (typeof value === "object" && value !== null) {
