@@ -397,6 +397,11 @@ function compareVersion(a: number[], b: number[]): number {
 
 const str = z.string();
 const required = (what: string) => str.min(1, `${what} (required, no default)`);
+const pinnedImage = (example: string) =>
+  str.refine(
+    (t) => imageTag(t) !== undefined,
+    `an image pinned to a version tag (not latest), such as ${example}`,
+  );
 const int = (min: number, max: number, why = "") =>
   z
     .number()
@@ -527,7 +532,7 @@ const keySchemas = {
   "rateLimit.messages": int(1, 1_000_000),
   "rateLimit.exempt": addressList,
 
-  "relay.image": required("a pinned relay image"),
+  "relay.image": pinnedImage("boky/postfix:v5.2.1-alpine"),
   "relay.hostname": required("the relay's public name").regex(
     hostnamePattern,
     "a fully qualified hostname such as smtp.home.example.org",
@@ -552,7 +557,7 @@ const keySchemas = {
       "node=<proxmox node>,vmId=<100..999999999>,ipv4=<address/prefix>[,hostname=<name>]",
     ),
   ),
-  "redis.image": required("a pinned Redis-compatible image"),
+  "redis.image": pinnedImage("valkey/valkey:8.1.11-alpine"),
   "redis.port": port,
   "redis.password": str.refine(
     (t) => !/['\r\n]/.test(t),
@@ -560,7 +565,7 @@ const keySchemas = {
   ),
 
   "fail2ban.enabled": z.boolean(),
-  "fail2ban.image": required("a pinned fail2ban image"),
+  "fail2ban.image": pinnedImage("crazymax/fail2ban:1.1.0"),
   "fail2ban.maxRetry": int(1, 100),
   "fail2ban.findTime": str.refine(
     (t) => (parsePostfixTime(t) ?? 0) >= 1,
@@ -934,7 +939,7 @@ const rules: readonly Rule[] = [
     },
   },
   {
-    reads: ["traefik.image", "relay.image"],
+    reads: ["traefik.image"],
     check(v, { problem }) {
       const version = /^v?(\d+)\.(\d+)\.(\d+)$/.exec(imageTag(v["traefik.image"]) ?? "");
       const numbers = version?.slice(1).map(Number);
@@ -943,13 +948,6 @@ const rules: readonly Rule[] = [
           "traefik.image",
           JSON.stringify(v["traefik.image"]),
           "a Traefik v3 image pinned to v3.5.2 or later, such as traefik:v3.7.9 (older ones cannot send PROXY protocol to the relay)",
-        );
-      }
-      if (!imageTag(v["relay.image"])) {
-        problem(
-          "relay.image",
-          JSON.stringify(v["relay.image"]),
-          "an image pinned to a version tag, such as boky/postfix:v5.2.1-alpine (not latest)",
         );
       }
     },
@@ -1044,7 +1042,6 @@ const rules: readonly Rule[] = [
       "lxc.gateway",
       "rateLimit.average",
       "redis.password",
-      "redis.image",
     ],
     check(v, ctx) {
       const extra = v["edge.extraHosts"].map((t) => parseExtraHost(t)!);
@@ -1093,36 +1090,16 @@ const rules: readonly Rule[] = [
           "a password for the shared Redis, set with --secret (edge.extraHosts is set)",
         );
       }
-      if (!imageTag(v["redis.image"])) {
-        ctx.problem(
-          "redis.image",
-          JSON.stringify(v["redis.image"]),
-          "an image pinned to a version tag, such as valkey/valkey:8.1.11-alpine",
-        );
-      }
     },
   },
   {
-    reads: [
-      "fail2ban.enabled",
-      "fail2ban.image",
-      "fail2ban.findTime",
-      "fail2ban.banTime",
-      "traefik.trustedProxies",
-    ],
+    reads: ["fail2ban.enabled", "fail2ban.findTime", "fail2ban.banTime", "traefik.trustedProxies"],
     check(v, { problem, warn }) {
       if (!v["fail2ban.enabled"]) return;
       if (v["traefik.trustedProxies"].length > 0) {
         warn(
           "fail2ban bans addresses in this host's firewall, but clients that come through traefik.trustedProxies " +
             "arrive from the proxy's address: their bans block nothing; ban them at the proxy",
-        );
-      }
-      if (!imageTag(v["fail2ban.image"])) {
-        problem(
-          "fail2ban.image",
-          JSON.stringify(v["fail2ban.image"]),
-          "an image pinned to a version tag, such as crazymax/fail2ban:1.1.0",
         );
       }
       if (parsePostfixTime(v["fail2ban.banTime"])! < parsePostfixTime(v["fail2ban.findTime"])!) {

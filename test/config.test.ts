@@ -264,6 +264,12 @@ describe("invalid configuration is rejected with the key named", () => {
     ],
     ["unpinned relay image", { "relay.image": "boky/postfix" }, "relay.image", /pinned/],
     [
+      "unpinned fail2ban image",
+      { "fail2ban.image": "crazymax/fail2ban:latest" },
+      "fail2ban.image",
+      /pinned to a version tag \(not latest\)/,
+    ],
+    [
       "planned burst above the message limit",
       { "relay.expectedBurst": 31 },
       "rateLimit.messages",
