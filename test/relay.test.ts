@@ -252,6 +252,19 @@ function runInit(settings: PostfixSettings, dir: string) {
   return { ...run, paths };
 }
 
+/** The stack's rendered settings, with the certificate inside the scratch directory `dir`. */
+function scratchSettings(stack: string, dir: string): PostfixSettings {
+  const rendered = postfixSettings(stackConfig(stack));
+  return {
+    ...rendered,
+    main: {
+      ...rendered.main,
+      smtpd_tls_cert_file: `${dir}/tls/relay.crt`,
+      smtpd_tls_key_file: `${dir}/tls/relay.key`,
+    },
+  };
+}
+
 describe("the init script", () => {
   it("passes shellcheck", () => {
     const file = path.join(scratch, "shellcheck.sh");
@@ -265,16 +278,7 @@ describe("the init script", () => {
     "%s: leaves Postfix with exactly the rendered parameters over the image's defaults",
     (stack) => {
       const dir = fs.mkdtempSync(path.join(scratch, `${stack}-`));
-      const rendered = postfixSettings(stackConfig(stack));
-      // The certificate goes where the settings say; here, inside the scratch directory.
-      const settings = {
-        ...rendered,
-        main: {
-          ...rendered.main,
-          smtpd_tls_cert_file: `${dir}/tls/relay.crt`,
-          smtpd_tls_key_file: `${dir}/tls/relay.key`,
-        },
-      };
+      const settings = scratchSettings(stack, dir);
       const run = runInit(settings, dir);
       expect(run.stderr).toBe("");
       expect(run.status).toBe(0);
@@ -297,15 +301,7 @@ describe("the init script", () => {
 
   it("fails, leaving no marker, when the configuration does not apply", () => {
     const dir = fs.mkdtempSync(path.join(scratch, "broken-"));
-    const rendered = postfixSettings(stackConfig("dev"));
-    const settings = {
-      ...rendered,
-      main: {
-        ...rendered.main,
-        smtpd_tls_cert_file: `${dir}/tls/relay.crt`,
-        smtpd_tls_key_file: `${dir}/tls/relay.key`,
-      },
-    };
+    const settings = scratchSettings("dev", dir);
     const run = runInit(settings, dir);
     expect(run.status).toBe(0);
     // A second start with a master.cf Postfix cannot read stops before the marker.
