@@ -330,6 +330,7 @@ export class ConfigError extends Error {
 /** Parses a Go duration ("1s", "1m30s", "250ms") or a bare number of seconds, as Traefik does; seconds. */
 export function parseDuration(text: string): number | undefined {
   const trimmed = text.trim();
+  if (trimmed === "") return undefined;
   if (/^\d+(\.\d+)?$/.test(trimmed)) return Number(trimmed);
   const unit: Record<string, number> = {
     ns: 1e-9,
@@ -342,15 +343,12 @@ export function parseDuration(text: string): number | undefined {
   };
   const part = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/y;
   let seconds = 0;
-  let matched = 0;
-  if (trimmed === "") return undefined;
   while (part.lastIndex < trimmed.length) {
     const m = part.exec(trimmed);
     if (!m) return undefined;
     seconds += Number(m[1]) * unit[m[2]];
-    matched++;
   }
-  return matched > 0 ? seconds : undefined;
+  return seconds;
 }
 
 /** Parses a Postfix time value ("60s", "1m", "2h"; a bare number is seconds); seconds. */
@@ -659,10 +657,6 @@ function closest(key: string, candidates: readonly string[]): string | undefined
   return distance(key.toLowerCase(), best.toLowerCase()) <= 3 ? best : undefined;
 }
 
-/**
- * Validates a stack's configuration and returns the typed object, or throws a
- * ConfigError listing every problem.
- */
 export interface ParseOptions {
   /**
    * Accept secrets missing from the stack file (an offline render of a fresh clone): they
@@ -671,6 +665,10 @@ export interface ParseOptions {
   allowUnsetSecrets?: boolean;
 }
 
+/**
+ * Validates a stack's configuration and returns the typed object, or throws a
+ * ConfigError listing every problem.
+ */
 export function parseConfig(source: ConfigSource, options: ParseOptions = {}): HomelabConfig {
   const problems: Problem[] = [];
   const problem = (key: string, found: string, expected: string) =>
@@ -701,10 +699,7 @@ export function parseConfig(source: ConfigSource, options: ParseOptions = {}): H
     const secret = SECRET_KEYS.has(key);
     if (raw === undefined && secret && options.allowUnsetSecrets) {
       unset.add(key);
-      flat[key] =
-        key in REQUIRED_SECRET_STAND_IN
-          ? REQUIRED_SECRET_STAND_IN[key as keyof typeof REQUIRED_SECRET_STAND_IN]
-          : "";
+      flat[key] = standIn(key, "");
       continue;
     }
     if (raw === undefined) {
@@ -726,10 +721,7 @@ export function parseConfig(source: ConfigSource, options: ParseOptions = {}): H
     }
     if (raw.opaque) {
       opaque.add(key);
-      flat[key] =
-        key in REQUIRED_SECRET_STAND_IN
-          ? REQUIRED_SECRET_STAND_IN[key as keyof typeof REQUIRED_SECRET_STAND_IN]
-          : "[secret]";
+      flat[key] = standIn(key, "[secret]");
       continue;
     }
     const decoded = decode(raw.text, declaration.type);
@@ -773,6 +765,11 @@ const REQUIRED_SECRET_STAND_IN = {
   "lxc.sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\n[secret]",
   "relay.clientLogins": "[secret]:[secret]",
 } as const;
+
+/** What a secret nobody decrypted is checked as: a well-formed stand-in, or `otherwise`. */
+function standIn(key: string, otherwise: string): string {
+  return REQUIRED_SECRET_STAND_IN[key as keyof typeof REQUIRED_SECRET_STAND_IN] ?? otherwise;
+}
 
 function unsetSecretWarning(key: string): string {
   return `${PROJECT}:${key} is not set in the stack file: set it with \`pulumi config set --secret ${key} <value>\` before \`pulumi up\``;
