@@ -9,9 +9,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as docker from "@pulumi/docker";
 import { afterAll, describe, expect, it } from "vitest";
-import { loadStackFile, parseConfig, type HomelabConfig } from "../config";
+import type { HomelabConfig } from "../config";
 import {
-  BANNED_PORTS,
   DATA_DIR,
   Fail2ban,
   JAIL_FILTER,
@@ -22,6 +21,7 @@ import {
 import { MAIL_LOG, MAIL_LOG_DIR } from "../components/relay";
 import { CONTAINER_PORTS } from "../components/traefik";
 import { registeredResources, settle, type Registered } from "./mocks";
+import { stackConfig } from "./stacks";
 
 const FAIL2BAN_CONFIG = "/etc/fail2ban";
 const TOOLS = [
@@ -33,10 +33,6 @@ const missing = TOOLS.filter((tool) => !fs.existsSync(tool));
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "fail2ban-test-"));
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
-
-function stackConfig(stack: string): HomelabConfig {
-  return parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
-}
 
 /** The jail's settings as an INI section: key → value. */
 function jailSettings(text: string): Map<string, string> {
@@ -152,7 +148,7 @@ if (missing.length > 0 && !process.env.CI) {
 
       it("inserts its chain into DOCKER-USER for the SMTP ports and bans by source address", () => {
         const action = commands.find((l) => l.startsWith(`['multi-set', '${JAIL_NAME}', 'action'`));
-        const ports = BANNED_PORTS.join(",");
+        const ports = [CONTAINER_PORTS.smtps, CONTAINER_PORTS.submission].join(",");
         expect(action).toContain(
           `-I DOCKER-USER -p $proto -m multiport --dports ${ports} -j f2b-${JAIL_NAME}`,
         );
