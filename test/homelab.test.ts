@@ -3,8 +3,8 @@
  * the stack, the shared Redis with several hosts, and where secrets may appear.
  */
 import { describe, expect, it } from "vitest";
-import { HomelabConfig, loadStackFile } from "../config";
-import { SECRETS, stackConfig } from "./stacks";
+import type { HomelabConfig } from "../config";
+import { SECRETS, withHosts } from "./stacks";
 import { HomelabSmtp, nodeNames } from "../components/homelab";
 import type { ReportViolation } from "@pulumi/policy";
 import { policies } from "../policy/policies";
@@ -28,18 +28,6 @@ const TYPES = {
   lxc: "proxmoxve:index/containerLegacy:ContainerLegacy",
   dockerProvider: "pulumi:providers:docker",
 } as const;
-
-/** A stack with `extra` more hosts on the next nodes, ids and addresses. */
-function withHosts(stack: string, extra = 0, changes: Record<string, string> = {}): HomelabConfig {
-  const plain = loadStackFile(stack).values;
-  const [address, prefix] = plain.get("lxc.ipv4")!.text.split("/");
-  const vmId = Number(plain.get("lxc.vmId")!.text);
-  const hosts = Array.from({ length: extra }, (_, i) => {
-    const next = address.replace(/\d+$/, (last) => String(Number(last) + i + 1));
-    return `node=pve${i + 2},vmId=${vmId + i + 1},ipv4=${next}/${prefix}`;
-  });
-  return stackConfig(stack, { ...changes, "edge.extraHosts": hosts });
-}
 
 let builds = 0;
 

@@ -7,7 +7,6 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as docker from "@pulumi/docker";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConfigSource, HomelabConfig, RawValue, loadStackFile, parseConfig } from "../config";
 import {
   MAX_MEMORY,
   REDIS_PASSWORD_VAR,
@@ -18,30 +17,16 @@ import {
   serverUser,
 } from "../components/redis";
 import { isSecretValue, registeredResources, settle, unwrapSecrets } from "./mocks";
+import { SECRETS, withHosts } from "./stacks";
 
-const PASSWORD = "redis-password-leak-canary-r1";
-
-/** The prod stack with a second host on its network, so that it has a Redis. */
-function twoHostConfig(): HomelabConfig {
-  const source = loadStackFile("prod");
-  const values = new Map<string, RawValue>(source.values);
-  const ipv4 = values.get("lxc.ipv4")!.text;
-  const [address, prefix] = ipv4.split("/");
-  const next = address.replace(/\d+$/, (last) => String(Number(last) + 1));
-  const vmId = Number(values.get("lxc.vmId")!.text) + 1;
-  values.set("edge.extraHosts", {
-    text: JSON.stringify([`node=pve2,vmId=${vmId},ipv4=${next}/${prefix}`]),
-    secret: false,
-  });
-  values.set("redis.password", { text: PASSWORD, secret: true });
-  return parseConfig({ ...source, values } satisfies ConfigSource, { allowUnsetSecrets: true });
-}
+const PASSWORD = SECRETS["redis.password"];
 
 // ---------------------------------------------------------------------------------------
 // The component.
 
 describe("RateLimitStore", () => {
-  const config = twoHostConfig();
+  // A second host, so the stack has a Redis.
+  const config = withHosts("prod", 1);
   const redis = config.redis!;
   const built = (async () => {
     const name = "redis-test";

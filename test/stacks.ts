@@ -41,3 +41,22 @@ export function stackConfig(
   }
   return parseConfig({ ...source, values } satisfies ConfigSource);
 }
+
+/**
+ * A stack file with `extra` more hosts in edge.extraHosts, on the next nodes, container ids
+ * and addresses of the first host's network; `overrides` as for stackConfig.
+ */
+export function withHosts(
+  stack: string,
+  extra: number,
+  overrides: Readonly<Record<string, unknown>> = {},
+): HomelabConfig {
+  const plain = loadStackFile(stack).values;
+  const [address, prefix] = plain.get("lxc.ipv4")!.text.split("/");
+  const vmId = Number(plain.get("lxc.vmId")!.text);
+  const hosts = Array.from({ length: extra }, (_, i) => {
+    const next = address.replace(/\d+$/, (last) => String(Number(last) + i + 1));
+    return `node=pve${i + 2},vmId=${vmId + i + 1},ipv4=${next}/${prefix}`;
+  });
+  return stackConfig(stack, { ...overrides, "edge.extraHosts": hosts });
+}
