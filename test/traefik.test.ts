@@ -4,7 +4,7 @@ import * as path from "node:path";
 import YAML from "yaml";
 import { describe, expect, it } from "vitest";
 import { ACME_CA, HomelabConfig } from "../config";
-import { SECRETS, stackConfig } from "./stacks";
+import { SECRETS, stackConfig, withHosts } from "./stacks";
 import {
   CERT_RESOLVER,
   ENTRY_POINTS,
@@ -618,17 +618,6 @@ describe("validation failures name the path", () => {
 // ---------------------------------------------------------------------------------------
 // Several edges: one rate limiter, its buckets in the shared Redis.
 
-/**
- * A second Docker host on the stack's own network (the next address), which makes the stack
- * share its buckets through Redis.
- */
-function extraHost(stack: string): Record<string, unknown> {
-  const { lxc } = stackConfig(stack);
-  const [address, prefix] = lxc.ipv4.split("/");
-  const next = address.replace(/\d+$/, (last) => String(Number(last) + 1));
-  return { "edge.extraHosts": [`node=pve2,vmId=${lxc.vmId + 1},ipv4=${next}/${prefix}`] };
-}
-
 /** The rate limiter and the router as one edge's Traefik assembles them (labels + files). */
 function assembledWithFiles(config: HomelabConfig): Record<string, any> {
   return fileProviderFiles(config).reduce(
@@ -638,7 +627,8 @@ function assembledWithFiles(config: HomelabConfig): Record<string, any> {
 }
 
 describe.each(CRITERIA)("with several edges: $name", ({ stack, overrides }) => {
-  const config = stackConfig(stack, { ...overrides, ...extraHost(stack) });
+  // A second Docker host makes the stack share its buckets through Redis.
+  const config = withHosts(stack, 1, overrides);
   const tree = assembledWithFiles(config);
 
   it("defines the rate limiter once, in the file provider, with the same limits as labels would", () => {
@@ -667,7 +657,7 @@ describe.each(CRITERIA)("with several edges: $name", ({ stack, overrides }) => {
 });
 
 describe("the rate-limit file", () => {
-  const config = stackConfig("prod", extraHost("prod"));
+  const config = withHosts("prod", 1);
 
   it("reaches Redis on the first host's address", () => {
     expect(config.redis!.host).toBe(config.hosts[0].lxc.address);
