@@ -586,17 +586,22 @@ export function replay(traffic: Traffic, policy: SimPolicy, edges: EdgeSetup = O
     new Int32Array(strings.length).fill(-1),
     new Int32Array(strings.length).fill(-1),
   ];
+  // A row key packs (lane, peer, header) into one double: lane × width² must stay exact.
+  const width = strings.length + 1;
   let laneCount = 0;
   const laneOf = (kind: number, name: number) => {
     const lanes = laneOfName[kind];
-    if (lanes[name] < 0) lanes[name] = laneCount++;
+    if (lanes[name] < 0) {
+      // Limitation: lanes × distinct strings² must stay below 2^53 (one lane: ~10^8 strings).
+      if ((laneCount + 1) * width * width > Number.MAX_SAFE_INTEGER) {
+        throw new Error(
+          `too many distinct routers (${laneCount + 1}) and addresses (${strings.length}) for one replay`,
+        );
+      }
+      lanes[name] = laneCount++;
+    }
     return lanes[name];
   };
-  const width = strings.length + 1;
-  if (width * width * 64 > Number.MAX_SAFE_INTEGER) {
-    // Limitation: a row key packs three indexes into one double, which caps distinct strings near 10^7.
-    throw new Error(`too many distinct addresses (${strings.length}) for one replay`);
-  }
 
   // A "slot" is a distinct (lane, peer, header) combination; it resolves to a source and
   // to the bucket or SMTP client state that source uses in that lane. State kept per edge
@@ -670,7 +675,8 @@ export function replay(traffic: Traffic, policy: SimPolicy, edges: EdgeSetup = O
     const kind = isSmtpEntry[entryPoint[i]] === 1 || auth[i] !== AUTH_NONE ? SMTP : 0;
     const lane = laneOf(kind, kind === SMTP ? entryPoint[i] : router[i]);
     const extra = kind === SMTP ? proxy[i] : xff[i];
-    const key = ((lane * width + remoteAddr[i]) * width + extra + 1) * 2 + kind;
+    // Lanes are numbered apart for HTTP and SMTP, so the lane already says the kind.
+    const key = (lane * width + remoteAddr[i]) * width + extra + 1;
     let slot = slotOf.get(key);
     if (slot === undefined) {
       slot = resolve(kind, lane, remoteAddr[i], extra);
