@@ -165,6 +165,8 @@ describe("render of a stack with two hosts", () => {
     ];
     config["homelab-smtp:redis.password"] = { secure: "v1:cmVkaXMtcGFzc3dvcmQ=" };
   });
+  const config = parseConfig(loadStackFile("dev", dir), { allowUnsetSecrets: true });
+  const redisEndpoint = `${address}:${config.redis!.port}`;
   const run = render(["--stack", "dev", "--out", out, "--stack-dir", dir]);
   const tree = run.status === 0 ? readTree(path.join(out, "dev")) : {};
   const hosts = [String(base["homelab-smtp:lxc.hostname"]), second.hostname];
@@ -204,7 +206,7 @@ describe("render of a stack with two hosts", () => {
     for (const host of hosts) {
       const dynamic = YAML.parse(tree[`traefik/${host}/dynamic.yml`]);
       const rateLimit = dynamic.http.middlewares["relay-ratelimit"].rateLimit;
-      expect(rateLimit.redis.endpoints, host).toEqual([`${address}:${Pulumi.redisPort}`]);
+      expect(rateLimit.redis.endpoints, host).toEqual([redisEndpoint]);
       expect(rateLimit.redis.password).toMatch(/^\{\{ env "\w+" \}\}$/);
       expect(dynamic.http.routers["relay-metrics"].middlewares[0]).toBe("relay-ratelimit@file");
     }
@@ -229,13 +231,12 @@ describe("render of a stack with two hosts", () => {
       .map((u: any) => u.content);
     expect(jails).toHaveLength(2);
     for (const jail of jails) expect(jail).toBe(tree["fail2ban/jail.local"]);
-    const config = parseConfig(loadStackFile("dev", dir), { allowUnsetSecrets: true });
     expect(tree["fail2ban/jail.local"]).toBe(jailLocal(config.fail2ban!));
   });
 
   it("says in its summary that the buckets are shared", () => {
     expect(run.stdout).toMatch(/hosts \(2\)/);
-    expect(run.stdout).toContain(`Redis at ${address}:${Pulumi.redisPort}`);
+    expect(run.stdout).toContain(`Redis at ${redisEndpoint}`);
   });
 });
 
@@ -253,11 +254,3 @@ describe("render of a stack without fail2ban", () => {
     expect(run.stdout).toMatch(/Bans: none/);
   });
 });
-
-/** Defaults the render tests rely on, read from Pulumi.yaml rather than repeated here. */
-const Pulumi = {
-  get redisPort(): number {
-    const project = YAML.parse(fs.readFileSync(path.join(PROJECT_DIR, "Pulumi.yaml"), "utf8"));
-    return project.config["redis.port"].default;
-  },
-};
