@@ -18,7 +18,7 @@ import {
   parseConfig,
 } from "../config";
 import { installMocks, registeredResources, settled } from "./mockRuntime";
-import { outputFiles, renderFiles, resourcesJson, summary } from "./render/output";
+import { outputFiles, renderFiles, resourcesJson, summary, traefikDir } from "./render/output";
 
 interface Options {
   stack: string;
@@ -59,13 +59,14 @@ async function render(options: Options): Promise<void> {
   await settled();
   const resources = registeredResources();
 
-  const files = renderFiles(config, resources);
-  const where = (edge: { host: string }) =>
-    files.edges.length === 1 ? "traefik" : `traefik/${edge.host}`;
-  const problems = files.edges.flatMap((edge) => [
-    ...validateStatic(YAML.parse(edge.staticYaml)).map((e) => `${where(edge)}/static.yml: ${e}`),
-    ...validateDynamic(edge.dynamic).map((e) => `${where(edge)}/dynamic.yml: ${e}`),
-  ]);
+  const files = renderFiles(resources);
+  const problems = files.edges.flatMap((edge) => {
+    const dir = traefikDir(files, edge);
+    return [
+      ...validateStatic(YAML.parse(edge.staticYaml)).map((e) => `${dir}/static.yml: ${e}`),
+      ...validateDynamic(edge.dynamic).map((e) => `${dir}/dynamic.yml: ${e}`),
+    ];
+  });
   if (problems.length > 0) {
     throw new UserError(
       `the rendered Traefik configuration does not validate:\n${problems.map((p) => `  - ${p}`).join("\n")}`,
@@ -78,7 +79,7 @@ async function render(options: Options): Promise<void> {
   const ms = Number(process.hrtime.bigint() - started) / 1e6;
   const shown = path.relative(process.cwd(), target) || target;
   console.log(`${PROJECT} ${options.stack}: rendered to ${shown}/ in ${ms.toFixed(0)} ms`);
-  for (const line of summary(config, resources, files.dynamic)) console.log(line);
+  for (const line of summary(config, resources, files.edges[0].dynamic)) console.log(line);
 }
 
 const program = new Command()

@@ -6,8 +6,8 @@ import YAML from "yaml";
 import type { HomelabConfig } from "../../config";
 import { connectionRateLimit } from "../../config";
 import { ROLE_LABEL, TRAEFIK_DYNAMIC_DIR, TRAEFIK_STATIC_PATH } from "../../components/names";
-import { postfixSettings, renderMainCf, renderMasterCf } from "../../components/postfix";
 import { BANNED_PORTS, JAIL_NAME, JAIL_PATH } from "../../components/fail2ban";
+import { CONFIG_DIR } from "../../components/relay";
 import { labelsToDynamic, mergeDynamic, renderYaml } from "../../components/traefik";
 import { maskSecrets, type Registered } from "../mockRuntime";
 
@@ -70,10 +70,6 @@ export interface EdgeFiles {
 
 /** The files the render writes (relative path → content), except resources.json. */
 export interface RenderedFiles {
-  /** The first edge's configuration (the only one of a single-host stack). */
-  staticYaml: string;
-  dynamic: Record<string, unknown>;
-  dynamicYaml: string;
   /** Every edge, the first host's first. */
   edges: EdgeFiles[];
   mainCf: string;
@@ -127,14 +123,23 @@ function edgeFiles(edge: Registered, resources: readonly Registered[]): EdgeFile
   };
 }
 
-/** The jail every fail2ban container receives; they must all receive the same one. */
-function jailOf(resources: readonly Registered[]): string | undefined {
-  const jails = resources
+/**
+ * The content of `file` as every container that receives it receives it: they must all
+ * receive the same (every host runs the same relay and the same jail). Undefined when no
+ * container receives it.
+ */
+function sameUpload(
+  resources: readonly Registered[],
+  file: string,
+  what: string,
+): string | undefined {
+  const contents = resources
     .filter((r) => r.type === CONTAINER)
-    .flatMap((r) => ((r.inputs.uploads ?? []) as Upload[]).filter((u) => u.file === JAIL_PATH))
+    .flatMap((r) => ((r.inputs.uploads ?? []) as Upload[]).filter((u) => u.file === file))
     .map((u) => u.content ?? "");
-  if (new Set(jails).size > 1) throw new Error("the fail2ban containers received different jails");
-  return jails[0];
+  if (new Set(contents).size > 1)
+    throw new Error(`the ${what} containers received different ${file}`);
+  return contents[0];
 }
 
 /** A dynamic configuration without the servers, which name each host's own containers. */
@@ -150,10 +155,7 @@ function withoutServers(dynamic: Record<string, unknown>): unknown {
  * as the relays apply it. Every edge must route and limit the same way: a client must not
  * get different treatment depending on the edge it reaches.
  */
-export function renderFiles(
-  config: HomelabConfig,
-  resources: readonly Registered[],
-): RenderedFiles {
+export function renderFiles(resources: readonly Registered[]): RenderedFiles {
   const edges = containersWithRole(resources, "edge").map((edge) => edgeFiles(edge, resources));
   if (edges.length === 0) throw new Error("the program registered no Traefik container");
   const [first, ...others] = edges;
@@ -168,36 +170,36 @@ export function renderFiles(
     }
   }
 
-  const settings = postfixSettings(config);
-  const jail = jailOf(resources);
+  const postfix = (file: string) => {
+    const content = sameUpload(resources, `${CONFIG_DIR}/${file}`, "relay");
+    if (content === undefined) throw new Error(`no relay container received ${CONFIG_DIR}/${file}`);
+    return content;
+  };
+  const jail = sameUpload(resources, JAIL_PATH, "fail2ban");
   return {
-    staticYaml: first.staticYaml,
-    dynamic: first.dynamic,
-    dynamicYaml: first.dynamicYaml,
     edges,
-    mainCf: renderMainCf(settings),
-    masterCf: renderMasterCf(settings),
+    mainCf: postfix("main.cf"),
+    masterCf: postfix("master.cf"),
     ...(jail === undefined ? {} : { jail }),
   };
 }
 
 /**
- * Every file of out/<stack>/ but resources.json. One edge: traefik/static.yml and
- * traefik/dynamic.yml. Several: the same two files in traefik/<host>/ for each, since their
- * dynamic configurations name their own host's containers.
+ * Where an edge's two Traefik files go: traefik/ with one edge; traefik/<host>/ with several,
+ * since their dynamic configurations name their own host's containers.
  */
+export function traefikDir(files: RenderedFiles, edge: EdgeFiles): string {
+  return files.edges.length === 1 ? "traefik" : `traefik/${edge.host}`;
+}
+
+/** Every file of out/<stack>/ but resources.json. */
 export function outputFiles(files: RenderedFiles): Record<string, string> {
-  const traefik =
-    files.edges.length === 1
-      ? { "traefik/static.yml": files.staticYaml, "traefik/dynamic.yml": files.dynamicYaml }
-      : Object.fromEntries(
-          files.edges.flatMap((edge) => [
-            [`traefik/${edge.host}/static.yml`, edge.staticYaml],
-            [`traefik/${edge.host}/dynamic.yml`, edge.dynamicYaml],
-          ]),
-        );
+  const traefik = files.edges.flatMap((edge) => [
+    [`${traefikDir(files, edge)}/static.yml`, edge.staticYaml],
+    [`${traefikDir(files, edge)}/dynamic.yml`, edge.dynamicYaml],
+  ]);
   return {
-    ...traefik,
+    ...Object.fromEntries(traefik),
     "postfix/main.cf": files.mainCf,
     "postfix/master.cf": files.masterCf,
     ...(files.jail === undefined ? {} : { "fail2ban/jail.local": files.jail }),
