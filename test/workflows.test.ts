@@ -231,25 +231,36 @@ describe("the Pulumi token gate", () => {
     ]);
   });
 
-  it.each(
-    gated.filter(({ job }) => job.if !== undefined).map((j) => [`${j.file} ${j.id}`, j] as const),
-  )("%s runs only when PULUMI_ACCESS_TOKEN is set", (_, { file, job }) => {
-    const condition = /^needs\.([\w-]+)\.outputs\.([\w-]+) == 'true'$/.exec(job.if ?? "");
-    expect(condition, job.if).not.toBeNull();
-    const [, gateId, output] = condition!;
-    expect(needsOf(job)).toContain(gateId);
+  /** The job whose own `if:` decides whether `job` runs: itself, or (skipped with it) a need. */
+  function deciding(file: string, job: Job): Job {
+    if (job.if !== undefined) return job;
+    const needs = needsOf(job).map((id) => deciding(file, workflow(file).jobs[id]));
+    return needs.find((need) => need.if !== undefined) ?? job;
+  }
 
-    const gate = workflow(file).jobs[gateId];
-    const check = gate.steps.find((s) => s.env?.PULUMI_ACCESS_TOKEN === `\${{ ${TOKEN_SECRET} }}`);
-    expect(check, `a step of ${gateId} reads the secret`).toBeDefined();
-    expect(gate.outputs?.[output]).toBe(`\${{ steps.${check!.id}.outputs.${output} }}`);
+  it.each(gated.map((j) => [`${j.file} ${j.id}`, j] as const))(
+    "%s runs only when PULUMI_ACCESS_TOKEN is set",
+    (_, { file, job: gatedJob }) => {
+      const job = deciding(file, gatedJob);
+      const condition = /^needs\.([\w-]+)\.outputs\.([\w-]+) == 'true'$/.exec(job.if ?? "");
+      expect(condition, job.if).not.toBeNull();
+      const [, gateId, output] = condition!;
+      expect(needsOf(job)).toContain(gateId);
 
-    const withToken = runStep(check!.run!, PROJECT_DIR, { PULUMI_ACCESS_TOKEN: "pul-0123" });
-    const without = runStep(check!.run!, PROJECT_DIR, { PULUMI_ACCESS_TOKEN: "" });
-    expect(withToken.outputs[output]).toBe("true");
-    expect(without.outputs[output]).toBe("false");
-    expect(without.summary).toMatch(/No PULUMI_ACCESS_TOKEN/);
-  });
+      const gate = workflow(file).jobs[gateId];
+      const check = gate.steps.find(
+        (s) => s.env?.PULUMI_ACCESS_TOKEN === `\${{ ${TOKEN_SECRET} }}`,
+      );
+      expect(check, `a step of ${gateId} reads the secret`).toBeDefined();
+      expect(gate.outputs?.[output]).toBe(`\${{ steps.${check!.id}.outputs.${output} }}`);
+
+      const withToken = runStep(check!.run!, PROJECT_DIR, { PULUMI_ACCESS_TOKEN: "pul-0123" });
+      const without = runStep(check!.run!, PROJECT_DIR, { PULUMI_ACCESS_TOKEN: "" });
+      expect(withToken.outputs[output]).toBe("true");
+      expect(without.outputs[output]).toBe("false");
+      expect(without.summary).toMatch(/No PULUMI_ACCESS_TOKEN/);
+    },
+  );
 
   it("makes prod wait for dev, which is gated", () => {
     const { jobs } = workflow("deploy.yml");
