@@ -7,7 +7,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { loadStackFile, parseConfig, PROJECT_DIR } from "../config";
+import { stackConfig } from "./stacks";
+import { PROJECT_DIR } from "../config";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "simulate-cli-"));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -27,8 +28,8 @@ function file(name: string, rows: object[]): string {
   return full;
 }
 
-const dev = parseConfig(loadStackFile("dev"), { allowUnsetSecrets: true });
-const prod = parseConfig(loadStackFile("prod"), { allowUnsetSecrets: true });
+const dev = stackConfig("dev");
+const prod = stackConfig("prod");
 
 describe("npm run simulate", () => {
   it("--input: a burst from one address gets the stack's burst through and the rest refused", () => {

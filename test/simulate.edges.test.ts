@@ -5,7 +5,6 @@
  * limiter script), never from the model's own output.
  */
 import { describe, expect, it } from "vitest";
-import { loadStackFile, parseConfig } from "../config";
 import { ENTRY_POINTS } from "../components/names";
 import {
   limiterParameters,
@@ -22,8 +21,9 @@ import { buildEdges, buildPolicy } from "../tools/simulate/policy";
 import { summarize } from "../tools/simulate/report";
 import { edgeOfClient, originalClient } from "../tools/simulate/source";
 import { TrafficBuilder, type TrafficEvent } from "../tools/simulate/traffic";
+import { stackConfig, withHosts } from "./stacks";
 
-const prod = buildPolicy("prod");
+const prod = buildPolicy(stackConfig("prod"));
 const proxy = prod.trustedIPs[0];
 const burst = prod.http.burst;
 const rate = prod.http.average / prod.http.periodSeconds;
@@ -271,9 +271,12 @@ describe("the report", () => {
 });
 
 describe("edge defaults", () => {
-  it.each(["dev", "prod"])("stack %s: its hosts, shared when it has Redis", (stack) => {
-    const config = parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
-    expect(buildEdges(stack)).toEqual({
+  it.each([
+    ["dev", stackConfig("dev")],
+    ["prod", stackConfig("prod")],
+    ["prod with one more host", withHosts("prod", 1)],
+  ])("stack %s: its hosts, shared when it has Redis", (_, config) => {
+    expect(buildEdges(config)).toEqual({
       count: config.hosts.length,
       shared: config.redis !== undefined,
       spread: "request",
@@ -282,7 +285,8 @@ describe("edge defaults", () => {
 
   it("no stack: one edge, in memory; flags win", () => {
     expect(buildEdges(undefined)).toEqual({ count: 1, shared: false, spread: "request" });
-    expect(buildEdges("prod", { edges: 3, sharedBuckets: true, spread: "client" })).toEqual({
+    const prodConfig = stackConfig("prod");
+    expect(buildEdges(prodConfig, { edges: 3, sharedBuckets: true, spread: "client" })).toEqual({
       count: 3,
       shared: true,
       spread: "client",

@@ -6,12 +6,13 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { loadStackFile, parseConfig, connectionRateLimit, declaredKeys } from "../config";
+import { connectionRateLimit, declaredKeys } from "../config";
 import { ENTRY_POINTS } from "../components/names";
 import { parseTimestamp, readAccessLog, readJsonLines } from "../tools/simulate/inputs";
 import { buildPolicy } from "../tools/simulate/policy";
 import { generateProfile, parseProfile, ProfileError, PROFILES } from "../tools/simulate/profiles";
 import { TrafficBuilder } from "../tools/simulate/traffic";
+import { stackConfig } from "./stacks";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "simulate-inputs-"));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -142,8 +143,8 @@ describe("profiles", () => {
 
 describe("policy", () => {
   it("is the stack's rateLimit, with the relay's connection rate derived as config.ts does", () => {
-    const config = parseConfig(loadStackFile("prod"), { allowUnsetSecrets: true });
-    const policy = buildPolicy("prod");
+    const config = stackConfig("prod");
+    const policy = buildPolicy(config);
     const r = config.rateLimit;
     expect(policy.http).toMatchObject({
       average: r.average,
@@ -163,7 +164,7 @@ describe("policy", () => {
   });
 
   it("lets flags override the stack, even into a mistake the stack file would not pass", () => {
-    const policy = buildPolicy("dev", { depth: 1, average: 5, trustedIPs: [] });
+    const policy = buildPolicy(stackConfig("dev"), { depth: 1, average: 5, trustedIPs: [] });
     expect(policy.http.sourceCriterion).toEqual({ kind: "depth", depth: 1 });
     expect(policy.http.average).toBe(5);
   });

@@ -15,7 +15,7 @@ import {
 import { writeChart, chartData } from "./simulate/chart";
 import { readAccessLog, readJsonLines, type InputResult } from "./simulate/inputs";
 import { replay, SPREADS, type Spread } from "./simulate/model";
-import { buildEdges, buildPolicy, type PolicyOverrides } from "./simulate/policy";
+import { buildEdges, buildPolicy, loadStack, type PolicyOverrides } from "./simulate/policy";
 import { generateProfile, parseProfile, PROFILES, ProfileError } from "./simulate/profiles";
 import { formatSummary, summarize, summaryJson } from "./simulate/report";
 import { TrafficBuilder } from "./simulate/traffic";
@@ -189,7 +189,8 @@ async function main(argv: string[]): Promise<number> {
     exempt: o.exempt,
     connectionSeconds: o.connectionDuration,
   };
-  const policy = buildPolicy(o.stack, overrides);
+  const config = o.stack === undefined ? undefined : loadStack(o.stack);
+  const policy = buildPolicy(config, overrides);
   const { traffic, problems } = loadTraffic(o);
   if (problems.length > 0) {
     console.error(`${problems.length} bad line${problems.length === 1 ? "" : "s"}:`);
@@ -197,7 +198,7 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
 
-  const edges = buildEdges(o.stack, {
+  const edges = buildEdges(config, {
     edges: o.edges,
     sharedBuckets: o.sharedBuckets,
     spread: o.spread,

@@ -13,6 +13,7 @@ import {
   parseConfig,
   parseDuration,
   parsePostfixTime,
+  type HomelabConfig,
   type SourceCriterion,
 } from "../../config";
 import { RATE_LIMIT_MIDDLEWARE } from "../../components/names";
@@ -77,11 +78,17 @@ function fromDefaults(): PolicyValues {
   };
 }
 
-/** A stack's values; throws the stack's ConfigError when its configuration is invalid. */
-function fromStack(stack: string): PolicyValues {
-  const config = parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
+/**
+ * A stack's validated configuration, read once for both the policy and the edges; throws the
+ * stack's ConfigError when it is invalid. Secrets may be unset: the simulator reads none.
+ */
+export function loadStack(stack: string): HomelabConfig {
+  return parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
+}
+
+function fromStack(config: HomelabConfig): PolicyValues {
   const { rateLimit } = config;
-  const criterion: SourceCriterion = rateLimit.sourceCriterion;
+  const criterion = rateLimit.sourceCriterion;
   return {
     average: rateLimit.average,
     period: rateLimit.period,
@@ -98,13 +105,17 @@ function fromStack(stack: string): PolicyValues {
 }
 
 /**
- * The policy to simulate. The SMTP side maps the project's one policy onto the relay the
- * way the stack does: rateLimit.inFlight is both Traefik's inFlightConn and the relay's
- * connection count limit, and the relay's connection rate is what the token bucket would
- * let through in one window (config.ts connectionRateLimit).
+ * The policy to simulate: the stack's, or Pulumi.yaml's defaults without one. The SMTP side
+ * maps the project's one policy onto the relay the way the stack does: rateLimit.inFlight is
+ * both Traefik's inFlightConn and the relay's connection count limit, and the relay's
+ * connection rate is what the token bucket would let through in one window (config.ts
+ * connectionRateLimit).
  */
-export function buildPolicy(stack: string | undefined, overrides: PolicyOverrides = {}): SimPolicy {
-  const base = stack === undefined ? fromDefaults() : fromStack(stack);
+export function buildPolicy(
+  config: HomelabConfig | undefined,
+  overrides: PolicyOverrides = {},
+): SimPolicy {
+  const base = config === undefined ? fromDefaults() : fromStack(config);
   const v: PolicyValues = { ...base, ...definedOnly(overrides) };
   const periodSeconds = parseDuration(v.period) ?? 1;
   const windowSeconds = parsePostfixTime(v.window) ?? 60;
@@ -148,11 +159,10 @@ export interface EdgeOverrides {
  * The edges to simulate: as many as the stack has hosts (else one), sharing their buckets
  * when the stack has the shared Redis (config.redis, present with more than one host).
  */
-export function buildEdges(stack: string | undefined, overrides: EdgeOverrides = {}): EdgeSetup {
-  const config =
-    stack === undefined
-      ? undefined
-      : parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
+export function buildEdges(
+  config: HomelabConfig | undefined,
+  overrides: EdgeOverrides = {},
+): EdgeSetup {
   return {
     count: overrides.edges ?? config?.hosts.length ?? 1,
     shared: overrides.sharedBuckets ?? config?.redis !== undefined,
