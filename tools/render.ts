@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { Command } from "commander";
 import YAML from "yaml";
 import { HomelabSmtp } from "../components/homelab";
-import { validateDynamic, validateStatic } from "../components/traefikSchema";
+import { validateDynamic, validateReferences, validateStatic } from "../components/traefikSchema";
 import {
   ConfigError,
   HomelabConfig,
@@ -64,7 +64,9 @@ async function render(options: Options): Promise<void> {
     const dir = traefikDir(files, edge);
     return [
       ...validateStatic(YAML.parse(edge.staticYaml)).map((e) => `${dir}/static.yml: ${e}`),
-      ...validateDynamic(edge.dynamic).map((e) => `${dir}/dynamic.yml: ${e}`),
+      ...[...validateDynamic(edge.dynamic), ...validateReferences(edge.dynamic)].map(
+        (e) => `${dir}/dynamic.yml: ${e}`,
+      ),
     ];
   });
   if (problems.length > 0) {
