@@ -501,8 +501,6 @@ export interface HttpPolicy {
   periodSeconds: number;
   burst: number;
   sourceCriterion: SourceCriterion;
-  /** ipStrategy.ipv6Subnet; this project does not set it. */
-  ipv6Subnet?: number;
 }
 
 export interface SimPolicy {
@@ -646,7 +644,7 @@ export function replay(traffic: Traffic, policy: SimPolicy, edges: EdgeSetup = O
     } else {
       const seen = forwardedHeader(remoteAddr, header, trusted);
       stripped = header !== undefined && seen === undefined ? 1 : 0;
-      address = selectSource(criterion, remoteAddr, seen, excluded, policy.http.ipv6Subnet);
+      address = selectSource(criterion, remoteAddr, seen, excluded);
     }
     const perEdge = kind === SMTP || !edges.shared;
     const targetKey = perEdge ? `${kind}\u0000${lane}\u0000${address}` : `\u0000${address}`;

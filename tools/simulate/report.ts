@@ -4,6 +4,7 @@
  */
 import {
   isRejection,
+  MAX_SOURCES,
   Outcome,
   OUTCOME_NAMES,
   type EdgeSetup,
@@ -294,7 +295,7 @@ function limiterWarnings(result: Replay, policy: SimPolicy): string[] {
   }
   if (result.evictions > 0) {
     warnings.push(
-      `${result.evictions} live buckets were evicted because one router held 65536 sources: their clients started over with a full burst`,
+      `${result.evictions} live buckets were evicted because one router held ${MAX_SOURCES} sources: their clients started over with a full burst`,
     );
   }
   return warnings;

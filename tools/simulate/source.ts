@@ -39,16 +39,12 @@ export class AddressSet {
   private readonly ranges: ReadonlyArray<[ipaddr.IPv4 | ipaddr.IPv6, number]>;
   private readonly memo = new Map<string, boolean>();
 
-  constructor(readonly entries: readonly string[]) {
+  constructor(entries: readonly string[]) {
     this.ranges = entries.map((entry) => {
       if (entry.includes("/")) return ipaddr.parseCIDR(entry);
       const address = ipaddr.parse(entry);
       return [address, address.kind() === "ipv4" ? 32 : 128];
     });
-  }
-
-  get size(): number {
-    return this.ranges.length;
   }
 
   /** Whether the text is an address inside one of the ranges (a non-address never is). */
