@@ -9,22 +9,18 @@ import { describe, expect, it, vi } from "vitest";
 
 import { HomelabSmtp } from "../components/homelab";
 import { RATE_LIMIT_MIDDLEWARE, ROLE_LABEL } from "../components/names";
-import { ACME_CA, PROJECT, loadStackFile, parseConfig, type ConfigSource } from "../config";
-import { registeredResources, settled, unwrapSecrets, type Registered } from "../test/mocks";
-import { policies, productionRealCa } from "./policies";
+import { ACME_CA } from "../config";
+import { registeredResources, settled, type Registered } from "../test/mocks";
+import { policyContainers, violations } from "../test/policyRun";
+import { stackConfig } from "../test/stacks";
+import { productionRealCa } from "./policies";
 import { CONTAINER_TYPE } from "./rules";
 
 let builds = 0;
 
 /** Builds the program for `stack` (optionally with changed keys); returns its containers. */
 async function containersOf(stack: string, changes: Record<string, string> = {}) {
-  const source = loadStackFile(stack);
-  const values = new Map(source.values);
-  for (const [key, text] of Object.entries(changes)) values.set(key, { text, secret: false });
-  const config = parseConfig({ ...source, values } satisfies ConfigSource, {
-    allowUnsetSecrets: true,
-  });
-
+  const config = stackConfig(stack, changes);
   const name = `policy-${stack}-${++builds}`;
   new HomelabSmtp(name, { config });
   await settled();
@@ -40,37 +36,7 @@ async function containersOf(stack: string, changes: Record<string, string> = {})
     "relay-metrics",
   ]);
 
-  // The mock runtime names every URN after the stack it was set up for; the engine uses the real one.
-  return containers.map((r) => ({
-    type: r.type,
-    name: r.name,
-    urn: `urn:pulumi:${stack}::${PROJECT}::${r.type}::${r.name}`,
-    props: unwrapSecrets(r.inputs) as Record<string, unknown>,
-  }));
-}
-
-type Container = Awaited<ReturnType<typeof containersOf>>[number];
-
-async function violations(containers: Container[]) {
-  const found: string[] = [];
-  const report: ReportViolation = (message) => void found.push(message);
-  for (const policy of policies) {
-    if ("validateStack" in policy) {
-      const resources = containers.map((c) => ({
-        ...c,
-        dependencies: [],
-        propertyDependencies: {},
-      }));
-      await policy.validateStack({ resources, stackTags: new Map() } as never, report);
-      continue;
-    }
-    for (const container of containers) {
-      for (const validate of [policy.validateResource ?? []].flat()) {
-        await validate({ ...container, stackTags: new Map() } as never, report);
-      }
-    }
-  }
-  return found;
+  return policyContainers(stack, containers);
 }
 
 describe("the policy pack on the program", () => {

@@ -6,17 +6,8 @@ import { describe, expect, it } from "vitest";
 import type { HomelabConfig } from "../config";
 import { SECRETS, withHosts } from "./stacks";
 import { HomelabSmtp, nodeNames } from "../components/homelab";
-import type { ReportViolation } from "@pulumi/policy";
-import { policies } from "../policy/policies";
-import { CONTAINER_TYPE } from "../policy/rules";
-import {
-  isSecretValue,
-  registeredResources,
-  settle,
-  strings,
-  unwrapSecrets,
-  type Registered,
-} from "./mocks";
+import { policyContainers, violations } from "./policyRun";
+import { isSecretValue, registeredResources, settle, strings, type Registered } from "./mocks";
 
 const TYPES = {
   host: "homelab:host:DockerHost",
@@ -175,35 +166,7 @@ describe.each(["dev", "prod"])("the %s stack with three hosts", (stack) => {
 
   it("passes the policy pack: every HTTP router rate limited first, the limiter defined", async () => {
     const { resources, config } = await built;
-    const containers = resources
-      .filter((r) => r.type === CONTAINER_TYPE)
-      .map((r) => ({
-        type: r.type,
-        name: r.name,
-        urn: `urn:pulumi:${config.stack}::homelab-smtp::${r.type}::${r.name}`,
-        props: unwrapSecrets(r.inputs) as Record<string, unknown>,
-      }));
-    const found: string[] = [];
-    const report: ReportViolation = (message) => void found.push(message);
-    for (const policy of policies) {
-      if ("validateStack" in policy) {
-        const stackResources = containers.map((c) => ({
-          ...c,
-          dependencies: [],
-          propertyDependencies: {},
-        }));
-        await policy.validateStack(
-          { resources: stackResources, stackTags: new Map() } as never,
-          report,
-        );
-        continue;
-      }
-      for (const c of containers) {
-        for (const validate of [policy.validateResource ?? []].flat()) {
-          await validate({ ...c, stackTags: new Map() } as never, report);
-        }
-      }
-    }
+    const found = await violations(policyContainers(config.stack, resources));
     expect(found).toEqual([]);
   });
 
