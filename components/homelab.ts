@@ -54,7 +54,7 @@ export class HomelabSmtp extends pulumi.ComponentResource {
   constructor(name: string, args: HomelabSmtpArgs, opts?: pulumi.ComponentResourceOptions) {
     super("homelab:index:HomelabSmtp", name, {}, opts);
     const { config } = args;
-    const labels = relayLabels(config, { metricsAllowList: config.traefik.metricsAllowList });
+    const labels = relayLabels(config);
 
     // Each relay sits next to its own Traefik: a node going down takes its share of the
     // connections with it, not the mail of the others.

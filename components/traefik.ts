@@ -61,7 +61,7 @@ export const RELAY_NAMES = {
   smtpInFlight: "relay-smtp-inflight",
 } as const;
 
-/** Who may read the relay's metrics by default: loopback and the private LAN ranges. */
+/** Loopback and the private LAN ranges (Pulumi.yaml's default for traefik.metricsAllowList). */
 export const PRIVATE_RANGES: readonly string[] = [
   "127.0.0.0/8",
   "10.0.0.0/8",
@@ -163,7 +163,7 @@ function acmeChallenge(config: HomelabConfig): Record<string, unknown> {
 // The relay's labels.
 
 export interface RelayLabelOptions {
-  /** Who may read the relay's metrics over HTTPS. Defaults to PRIVATE_RANGES. */
+  /** Who may read the relay's metrics over HTTPS. Defaults to traefik.metricsAllowList. */
   metricsAllowList?: readonly string[];
 }
 
@@ -179,7 +179,7 @@ export function relayLabels(
   return {
     "traefik.enable": "true",
     "traefik.docker.network": EDGE_NETWORK,
-    ...httpLabels(config, options.metricsAllowList ?? PRIVATE_RANGES),
+    ...httpLabels(config, options.metricsAllowList ?? config.traefik.metricsAllowList),
     ...tcpLabels(config),
   };
 }
