@@ -93,9 +93,7 @@ describe("Traefik access log", () => {
 describe("profiles", () => {
   const generate = (specs: string[], seed: number) => {
     const builder = new TrafficBuilder();
-    specs.forEach((spec, i) =>
-      generateProfile(builder, spec, parseProfile(spec).params, seed * 1000 + i),
-    );
+    specs.forEach((spec, i) => generateProfile(builder, spec, parseProfile(spec), seed * 1000 + i));
     return builder.build();
   };
 

@@ -159,8 +159,8 @@ function loadTraffic(o: Options): InputResult {
   if (o.accessLog) return readAccessLog(o.accessLog);
   const builder = new TrafficBuilder();
   o.profile.forEach((spec, i) => {
-    const { params } = parseProfile(spec, o.via ? { via: o.via } : {});
-    generateProfile(builder, spec, params, o.seed * 1000 + i);
+    const profile = parseProfile(spec, o.via ? { via: o.via } : {});
+    generateProfile(builder, spec, profile, o.seed * 1000 + i);
   });
   return { traffic: builder.build(), problems: [] };
 }

@@ -7,6 +7,7 @@
 import * as ipaddr from "ipaddr.js";
 import { parseDuration } from "../../config";
 import { ENTRY_POINTS } from "../../components/names";
+import { SMTP_ENTRY_POINTS } from "./model";
 import { parseAddress } from "./source";
 import type { TrafficBuilder } from "./traffic";
 
@@ -150,11 +151,14 @@ const SHARED_ADDRESS = new Set(["nat"]);
 
 export class ProfileError extends Error {}
 
+/** A profile as given on the command line, parsed. */
+export interface ParsedProfile {
+  name: string;
+  params: ProfileParams;
+}
+
 /** Parses "name[:k=v,...]" into a profile and its parameters. */
-export function parseProfile(
-  spec: string,
-  defaults: Partial<ProfileParams> = {},
-): { name: string; params: ProfileParams } {
+export function parseProfile(spec: string, defaults: Partial<ProfileParams> = {}): ParsedProfile {
   const [name, rest] = spec.split(/:(.*)/s, 2);
   const definition = PROFILES[name];
   if (!definition) {
@@ -257,25 +261,22 @@ function addressAfter(first: string, offset: number): string {
 /** Upper bound on generated rows, so a typo in a rate cannot eat the machine's memory. */
 export const MAX_GENERATED_ROWS = 20_000_000;
 
-/** Adds a profile's rows to the traffic. */
+/** Adds the rows of a profile, parsed from `spec`, to the traffic. */
 export function generateProfile(
   builder: TrafficBuilder,
   spec: string,
-  params: ProfileParams,
+  { name, params }: ParsedProfile,
   seed: number,
 ): void {
-  const name = spec.split(":", 1)[0];
   const definition = PROFILES[name];
   const profile = builder.addProfile({ label: spec, name, legitimate: definition.legitimate });
   const random = seededRandom(seed);
+  // The rows the model replays as SMTP sessions: an SMTP entry point, or a login.
+  const smtp = SMTP_ENTRY_POINTS.has(params.entry) || params.auth !== "none";
+  const viaProxy = params.via !== "none";
   let rows = 0;
   for (let c = 0; c < params.clients; c++) {
     const client = SHARED_ADDRESS.has(name) ? params.addr : addressAfter(params.addr, c);
-    const smtp =
-      params.entry === ENTRY_POINTS.submission ||
-      params.entry === ENTRY_POINTS.smtps ||
-      params.auth !== "none";
-    const viaProxy = params.via !== "none";
     for (const t of definition.arrivals(params, random)) {
       if (++rows > MAX_GENERATED_ROWS)
         throw new ProfileError(
