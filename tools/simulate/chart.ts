@@ -8,15 +8,16 @@ import * as path from "node:path";
 import { isRejection, type Replay } from "./model";
 import type { Traffic } from "./traffic";
 
+/** The lines of each panel, in the order of the per-bin counts. */
+const SERIES = ["offered", "passed", "rejected"] as const;
+
 export interface ChartRow {
   source: string;
   /** Start of the time bin, in `unit`s since the first row. */
   time: number;
-  series: "offered" | "passed" | "rejected";
+  series: (typeof SERIES)[number];
   count: number;
 }
-
-const SERIES = ["offered", "passed", "rejected"];
 
 /** Bin widths the time axis may use, seconds. */
 const BIN_STEPS = [0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400];
@@ -58,11 +59,10 @@ export function chartData(
     counts[cell]++;
     counts[cell + (isRejection(result.outcome[i]) ? 2 : 1)]++;
   }
-  const names = ["offered", "passed", "rejected"] as const;
   const rows: ChartRow[] = [];
   panels.forEach((source, p) => {
     for (let b = 0; b < bins; b++) {
-      names.forEach((series, k) =>
+      SERIES.forEach((series, k) =>
         rows.push({
           source,
           time: (b * binSeconds) / unitSeconds,
