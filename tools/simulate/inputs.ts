@@ -139,7 +139,7 @@ function eachLine(
 function describeIssue(issue: z.core.$ZodIssue): string {
   const key = issue.path.length > 0 ? issue.path.join(".") : "(line)";
   if (issue.code === "unrecognized_keys")
-    return `${issue.keys.join(", ")}: unknown field; expected t, remoteAddr, xff, proxy, entryPoint, auth`;
+    return `${issue.keys.join(", ")}: unknown field; expected ${Object.keys(lineSchema.shape).join(", ")}`;
   if (issue.code === "invalid_type" && issue.input === undefined)
     return `${key}: missing; expected ${issue.message}`;
   const found = issue.input === undefined ? "nothing" : JSON.stringify(issue.input);
