@@ -6,7 +6,12 @@
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
-import { ROLE_LABEL, TRAEFIK_DYNAMIC_DIR, TRAEFIK_STATIC_PATH, type Role } from "./names";
+import {
+  CONTAINER_LOGGING,
+  containerLabels,
+  TRAEFIK_DYNAMIC_DIR,
+  TRAEFIK_STATIC_PATH,
+} from "./names";
 import {
   ACME_STORAGE,
   CONTAINER_PORTS,
@@ -24,8 +29,6 @@ export interface EdgeArgs {
   /** The Docker host's provider; every resource of the edge is created through it. */
   dockerProvider: docker.Provider;
 }
-
-const EDGE_ROLE: Role = "edge";
 
 /**
  * The entrypoint script. Traefik refuses an acme.json readable by others (and then drops
@@ -128,7 +131,7 @@ export class Edge extends pulumi.ComponentResource {
           { hostPath: DOCKER_SOCKET, containerPath: DOCKER_SOCKET, readOnly: true },
         ],
         envs: edgeEnvironment(config),
-        labels: [{ label: ROLE_LABEL, value: EDGE_ROLE }],
+        labels: containerLabels("edge"),
         healthcheck: {
           tests: ["CMD", "traefik", "healthcheck", "--ping", `--configFile=${TRAEFIK_STATIC_PATH}`],
           interval: "30s",
@@ -136,8 +139,7 @@ export class Edge extends pulumi.ComponentResource {
           startPeriod: "20s",
           retries: 3,
         },
-        logDriver: "json-file",
-        logOpts: { "max-size": "10m", "max-file": "5" },
+        ...CONTAINER_LOGGING,
       },
       child,
     );

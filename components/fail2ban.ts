@@ -11,7 +11,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
 import { MAIL_LOG, MAIL_LOG_DIR } from "./relay";
 import { CONTAINER_PORTS } from "./traefik";
-import { ROLE_LABEL, type Role } from "./names";
+import { CONTAINER_LOGGING, containerLabels } from "./names";
 
 type Fail2banConfig = NonNullable<HomelabConfig["fail2ban"]>;
 
@@ -120,15 +120,14 @@ export class Fail2ban extends pulumi.ComponentResource {
         networkMode: "host",
         capabilities: { adds: ["NET_ADMIN", "NET_RAW"] },
         envs: fail2banEnvironment(fail2ban),
-        labels: [{ label: ROLE_LABEL, value: "fail2ban" satisfies Role }],
+        labels: containerLabels("fail2ban"),
         uploads: [{ file: JAIL_PATH, content: jailLocal(fail2ban) }],
         volumes: [
           { volumeName: args.maillog.name, containerPath: MAIL_LOG_DIR, readOnly: true },
           { volumeName: data.name, containerPath: DATA_DIR },
         ],
         restart: "unless-stopped",
-        logDriver: "json-file",
-        logOpts: { "max-size": "10m", "max-file": "5" },
+        ...CONTAINER_LOGGING,
       },
       child,
     );

@@ -33,6 +33,22 @@ export const RATE_LIMIT_MIDDLEWARE = "relay-ratelimit";
 export const ROLE_LABEL = "homelab-smtp.role";
 export type Role = "edge" | "relay" | "relay-metrics" | "rate-limit-store" | "fail2ban";
 
+/** A container's Docker labels: `labels` plus its role, sorted for a stable diff. */
+export function containerLabels(
+  role: Role,
+  labels: Readonly<Record<string, string>> = {},
+): { label: string; value: string }[] {
+  return Object.entries({ ...labels, [ROLE_LABEL]: role })
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([label, value]) => ({ label, value }));
+}
+
+/** Bounded json-file logs for every container, so a chatty one cannot fill the host's disk. */
+export const CONTAINER_LOGGING = {
+  logDriver: "json-file",
+  logOpts: { "max-size": "10m", "max-file": "5" },
+} as const;
+
 /** Where Traefik reads its static configuration and its file-provider directory. */
 export const TRAEFIK_STATIC_PATH = "/etc/traefik/traefik.yml";
 export const TRAEFIK_DYNAMIC_DIR = "/etc/traefik/dynamic";

@@ -7,7 +7,7 @@
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
-import { ROLE_LABEL, type Role } from "./names";
+import { CONTAINER_LOGGING, containerLabels } from "./names";
 
 export interface RateLimitStoreArgs {
   /** The store's settings (HomelabConfig["redis"]): image, port, password, and the address to bind. */
@@ -134,11 +134,10 @@ export class RateLimitStore extends pulumi.ComponentResource {
         user: serverUser(redis.image),
         entrypoints: ["/bin/sh", "-c", redisStartScript(redis)],
         envs: redisEnvironment(redis),
-        labels: [{ label: ROLE_LABEL, value: "rate-limit-store" satisfies Role }],
+        labels: containerLabels("rate-limit-store"),
         healthcheck: redisHealthcheck(redis),
         restart: "unless-stopped",
-        logDriver: "json-file",
-        logOpts: { "max-size": "10m", "max-file": "5" },
+        ...CONTAINER_LOGGING,
       },
       child,
     );

@@ -11,7 +11,7 @@
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import type { HomelabConfig } from "../config";
-import { RELAY_LISTENERS, ROLE_LABEL, type Role } from "./names";
+import { CONTAINER_LOGGING, containerLabels, RELAY_LISTENERS } from "./names";
 import { postfixSettings, renderMainCf, renderMasterCf, type PostfixSettings } from "./postfix";
 
 export interface RelayArgs {
@@ -164,16 +164,6 @@ export function relayHealthcheck(): docker.types.input.ContainerHealthcheck {
   };
 }
 
-/** Docker's label list: the caller's labels plus the role, sorted for a stable diff. */
-export function containerLabels(
-  labels: Readonly<Record<string, string>>,
-  role: Role,
-): docker.types.input.ContainerLabel[] {
-  return Object.entries({ ...labels, [ROLE_LABEL]: role })
-    .sort(([a], [b]) => a.localeCompare(b))
-    .map(([label, value]) => ({ label, value }));
-}
-
 /** The exporter's flags: showq through the shared spool, the log through the shared directory. */
 export function exporterCommand(): string[] {
   return [
@@ -184,9 +174,6 @@ export function exporterCommand(): string[] {
     "--no-postfix.logfile_must_exist",
   ];
 }
-
-/** Bounded json-file logs, so a chatty relay cannot fill the host's disk. */
-const LOGGING = { logDriver: "json-file", logOpts: { "max-size": "10m", "max-file": "5" } };
 
 export class Relay extends pulumi.ComponentResource {
   readonly container: docker.Container;
@@ -223,7 +210,7 @@ export class Relay extends pulumi.ComponentResource {
         hostname: config.relay.hostname,
         envs: [...relayEnvironment(config), ...relaySecretEnvironment(config)],
         uploads: relayUploads(this.settings),
-        labels: containerLabels(args.labels, "relay"),
+        labels: containerLabels("relay", args.labels),
         networksAdvanced: [{ name: args.network.name }],
         volumes: [
           { volumeName: spool.name, containerPath: SPOOL_DIR },
@@ -233,7 +220,7 @@ export class Relay extends pulumi.ComponentResource {
         restart: "unless-stopped",
         // Time for Postfix to finish the deliveries in progress; the queue itself is on a volume.
         destroyGraceSeconds: 60,
-        ...LOGGING,
+        ...CONTAINER_LOGGING,
       },
       child,
     );
@@ -247,13 +234,13 @@ export class Relay extends pulumi.ComponentResource {
         image: exporterImage.imageId,
         networkMode: pulumi.interpolate`container:${this.container.id}`,
         command: exporterCommand(),
-        labels: containerLabels({}, "relay-metrics"),
+        labels: containerLabels("relay-metrics"),
         volumes: [
           { volumeName: spool.name, containerPath: SPOOL_DIR, readOnly: true },
           { volumeName: maillog.name, containerPath: MAIL_LOG_DIR, readOnly: true },
         ],
         restart: "unless-stopped",
-        ...LOGGING,
+        ...CONTAINER_LOGGING,
       },
       child,
     );
