@@ -26,7 +26,7 @@ import {
   selectSource,
   smtpClient,
 } from "./source";
-import { AUTH_FAIL, AUTH_NONE, type Traffic } from "./traffic";
+import { AUTH_FAIL, AUTH_NONE, widen, type Traffic } from "./traffic";
 
 /** Traefik keeps at most this many buckets per rate limiter. */
 export const MAX_SOURCES = 65536;
@@ -251,21 +251,13 @@ export class TokenBuckets implements Buckets {
   }
 
   private grow(capacity: number): void {
-    const widen = <A extends Float64Array | Int32Array | Uint8Array>(
-      a: A,
-      make: (n: number) => A,
-    ): A => {
-      const wider = make(capacity);
-      wider.set(a as never);
-      return wider;
-    };
-    this.tokens = widen(this.tokens, (n) => new Float64Array(n));
-    this.last = widen(this.last, (n) => new Float64Array(n));
-    this.expiry = widen(this.expiry, (n) => new Float64Array(n));
-    this.prev = widen(this.prev, (n) => new Int32Array(n));
-    this.next = widen(this.next, (n) => new Int32Array(n));
-    this.group = widen(this.group, (n) => new Int32Array(n));
-    this.live = widen(this.live, (n) => new Uint8Array(n));
+    this.tokens = widen(this.tokens, capacity);
+    this.last = widen(this.last, capacity);
+    this.expiry = widen(this.expiry, capacity);
+    this.prev = widen(this.prev, capacity);
+    this.next = widen(this.next, capacity);
+    this.group = widen(this.group, capacity);
+    this.live = widen(this.live, capacity);
   }
 }
 
@@ -296,13 +288,9 @@ export class RedisBuckets implements Buckets {
   add(): number {
     if (this.size === this.tokens.length) {
       const capacity = Math.max(64, this.size * 2);
-      const tokens = new Float64Array(capacity);
-      tokens.set(this.tokens);
-      const lastUs = new Float64Array(capacity);
-      lastUs.set(this.lastUs);
-      const live = new Uint8Array(capacity);
-      live.set(this.live);
-      [this.tokens, this.lastUs, this.live] = [tokens, lastUs, live];
+      this.tokens = widen(this.tokens, capacity);
+      this.lastUs = widen(this.lastUs, capacity);
+      this.live = widen(this.live, capacity);
     }
     return this.size++;
   }
@@ -440,12 +428,8 @@ export class SmtpGate {
 
   private push(end: number, client: number): void {
     if (this.heapSize === this.heapEnd.length) {
-      const end2 = new Float64Array(this.heapSize * 2);
-      end2.set(this.heapEnd);
-      const client2 = new Int32Array(this.heapSize * 2);
-      client2.set(this.heapClient);
-      this.heapEnd = end2;
-      this.heapClient = client2;
+      this.heapEnd = widen(this.heapEnd, this.heapSize * 2);
+      this.heapClient = widen(this.heapClient, this.heapSize * 2);
     }
     let i = this.heapSize++;
     while (i > 0) {
@@ -478,16 +462,12 @@ export class SmtpGate {
   }
 
   private grow(capacity: number): void {
-    const copy = <A extends Float64Array | Int32Array | Uint8Array>(a: A, wider: A): A => {
-      wider.set(a as never);
-      return wider;
-    };
-    this.exempt = copy(this.exempt, new Uint8Array(capacity));
-    this.open = copy(this.open, new Int32Array(capacity));
-    this.windowStart = copy(this.windowStart, new Float64Array(capacity));
-    this.connections = copy(this.connections, new Int32Array(capacity));
-    this.auths = copy(this.auths, new Int32Array(capacity));
-    this.messages = copy(this.messages, new Int32Array(capacity));
+    this.exempt = widen(this.exempt, capacity);
+    this.open = widen(this.open, capacity);
+    this.windowStart = widen(this.windowStart, capacity);
+    this.connections = widen(this.connections, capacity);
+    this.auths = widen(this.auths, capacity);
+    this.messages = widen(this.messages, capacity);
   }
 }
 

@@ -51,6 +51,15 @@ export interface Traffic {
   readonly profiles: readonly TrafficProfile[];
 }
 
+type Column = Float64Array | Int32Array | Uint8Array | Int16Array;
+
+/** A copy of a typed array with room for `capacity` elements (the same type, zero-filled). */
+export function widen<A extends Column>(column: A, capacity: number): A {
+  const wider = new (column.constructor as new (n: number) => A)(capacity);
+  wider.set(column);
+  return wider;
+}
+
 /** Collects events in any order and hands them over sorted by time (stable). */
 export class TrafficBuilder {
   private length = 0;
@@ -117,7 +126,7 @@ export class TrafficBuilder {
   build(): Traffic {
     const n = this.length;
     const order = this.sorted ? undefined : this.timeOrder();
-    const pick = <A extends Float64Array | Int32Array | Uint8Array | Int16Array>(column: A): A => {
+    const pick = <A extends Column>(column: A): A => {
       const out = column.slice(0, n) as A;
       if (order) for (let i = 0; i < n; i++) out[i] = column[order[i]];
       return out;
@@ -145,21 +154,16 @@ export class TrafficBuilder {
   }
 
   private grow(): void {
-    this.capacity *= 2;
-    const widen = <A extends Float64Array | Int32Array | Uint8Array | Int16Array>(column: A): A => {
-      const wider = new (column.constructor as new (n: number) => A)(this.capacity);
-      wider.set(column);
-      return wider;
-    };
-    this.t = widen(this.t);
+    const capacity = (this.capacity *= 2);
+    this.t = widen(this.t, capacity);
     this.columns = {
-      remoteAddr: widen(this.columns.remoteAddr),
-      xff: widen(this.columns.xff),
-      proxy: widen(this.columns.proxy),
-      entryPoint: widen(this.columns.entryPoint),
-      router: widen(this.columns.router),
+      remoteAddr: widen(this.columns.remoteAddr, capacity),
+      xff: widen(this.columns.xff, capacity),
+      proxy: widen(this.columns.proxy, capacity),
+      entryPoint: widen(this.columns.entryPoint, capacity),
+      router: widen(this.columns.router, capacity),
     };
-    this.auth = widen(this.auth);
-    this.profile = widen(this.profile);
+    this.auth = widen(this.auth, capacity);
+    this.profile = widen(this.profile, capacity);
   }
 }
