@@ -223,16 +223,14 @@ function httpLabels(
   };
 }
 
-/** Nothing for the remote address: Traefik's default is the connecting address. */
+/** ipStrategyOf as labels under `prefix` (lists comma-separated). */
 function ipStrategyLabels(prefix: string, criterion: SourceCriterion): Record<string, string> {
-  switch (criterion.kind) {
-    case "remoteAddr":
-      return {};
-    case "depth":
-      return { [`${prefix}.depth`]: String(criterion.depth) };
-    case "excludedIPs":
-      return { [`${prefix}.excludedips`]: criterion.excludedIPs.join(",") };
-  }
+  return Object.fromEntries(
+    Object.entries(ipStrategyOf(criterion) ?? {}).map(([key, value]) => [
+      `${prefix}.${key.toLowerCase()}`,
+      Array.isArray(value) ? value.join(",") : String(value),
+    ]),
+  );
 }
 
 function tcpLabels(config: HomelabConfig): Record<string, string> {
@@ -315,7 +313,7 @@ export function rateLimitFileDynamic(config: HomelabConfig): DynamicConfig | und
   };
 }
 
-/** The same client as ipStrategyLabels picks, as the file provider writes it. */
+/** Who the limiter counts as the client; nothing for the connecting address, Traefik's default. */
 function ipStrategyOf(criterion: SourceCriterion): Record<string, unknown> | undefined {
   switch (criterion.kind) {
     case "remoteAddr":
