@@ -663,10 +663,8 @@ export function replay(traffic: Traffic, policy: SimPolicy, edges: EdgeSetup = O
     let edge = 0;
     // Limitation: rows carry no connection, so "request" moves every row; behind a layer-4
     // balancer an HTTP client reusing one keep-alive connection stays on one edge.
-    if (edgeCount > 1) {
-      edge = byClient ? slotEdge[slot] : slotTurn[slot]++ % edgeCount;
-      rowsPerEdge[edge]++;
-    }
+    if (edgeCount > 1) edge = byClient ? slotEdge[slot] : slotTurn[slot]++ % edgeCount;
+    rowsPerEdge[edge]++;
     const target = slotTarget[slot] + edge * slotStride[slot];
     source[i] = slotSource[slot];
     strippedForwardedFor[i] = slotStripped[slot];
@@ -680,7 +678,6 @@ export function replay(traffic: Traffic, policy: SimPolicy, edges: EdgeSetup = O
       if (held > 0) wait[i] = held;
     }
   }
-  if (edgeCount === 1) rowsPerEdge[0] = n;
 
   return {
     outcome,
