@@ -10,6 +10,7 @@ import {
   PROJECT_DIR,
   RawValue,
   SECRET_KEYS,
+  connectionRateLimit,
   declaredKeys,
   listStacks,
   loadStackFile,
@@ -497,6 +498,20 @@ describe("secrets stay secret", () => {
       config.acme.challenge.type === "dns" ? config.acme.challenge.token : undefined,
     ];
     for (const s of secrets) expect(await pulumi.isSecret(s!)).toBe(true);
+  });
+});
+
+describe("connectionRateLimit: the relay's connections per window from the token bucket", () => {
+  // ceil(average × window / period) + burst, worked out by hand; 0 means Postfix's "no limit".
+  it.each([
+    { average: 30, period: 60, burst: 10, window: 60, connections: 40 },
+    { average: 60, period: 60, burst: 30, window: 60, connections: 90 },
+    { average: 100, period: 1, burst: 1, window: 60, connections: 6001 },
+    { average: 1, period: 3600, burst: 5, window: 60, connections: 6 },
+    { average: 10, period: 60, burst: 5, window: 90, connections: 20 },
+    { average: 0, period: 60, burst: 20, window: 60, connections: 0 },
+  ])("$average per $period s, burst $burst, window $window s: $connections", (c) => {
+    expect(connectionRateLimit(c.average, c.period, c.burst, c.window)).toBe(c.connections);
   });
 });
 
