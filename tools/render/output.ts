@@ -3,8 +3,7 @@
  * the recorded resources and the configuration, so the same inputs give the same bytes.
  */
 import YAML from "yaml";
-import type { HomelabConfig } from "../../config";
-import { connectionRateLimit } from "../../config";
+import { connectionRateLimit, type HomelabConfig } from "../../config";
 import { ROLE_LABEL, TRAEFIK_DYNAMIC_DIR, TRAEFIK_STATIC_PATH } from "../../components/names";
 import { BANNED_PORTS, JAIL_NAME, JAIL_PATH } from "../../components/fail2ban";
 import { CONFIG_DIR } from "../../components/relay";
@@ -15,7 +14,7 @@ const CONTAINER = "docker:index/container:Container";
 const LXC = "proxmoxve:index/containerLegacy:ContainerLegacy";
 
 /** Objects with their keys sorted, all the way down, so that JSON output is stable. */
-export function sortKeys(value: unknown): unknown {
+function sortKeys(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(sortKeys);
   if (typeof value === "object" && value !== null) {
     return Object.fromEntries(
