@@ -15,7 +15,13 @@ import {
 import { writeChart, chartData } from "./simulate/chart";
 import { readAccessLog, readJsonLines, type InputResult } from "./simulate/inputs";
 import { replay, SPREADS, type Spread } from "./simulate/model";
-import { buildEdges, buildPolicy, loadStack, type PolicyOverrides } from "./simulate/policy";
+import {
+  buildEdges,
+  buildPolicy,
+  DEFAULT_CONNECTION_SECONDS,
+  loadStack,
+  type PolicyOverrides,
+} from "./simulate/policy";
 import { generateProfile, parseProfile, PROFILES, ProfileError } from "./simulate/profiles";
 import { formatSummary, summarize, summaryJson } from "./simulate/report";
 import { TrafficBuilder } from "./simulate/traffic";
@@ -124,7 +130,7 @@ function program(): Command {
     .option("--exempt <list>", "rateLimit.exempt, comma-separated", addressList)
     .option(
       "--connection-duration <duration>",
-      "how long an SMTP session stays open (default 2s)",
+      `how long an SMTP session stays open (default ${DEFAULT_CONNECTION_SECONDS}s)`,
       (t: string) => parseDuration(duration(t))!,
     )
     .option(
