@@ -1,6 +1,6 @@
 /**
  * Validation of Traefik's static and dynamic configuration against SchemaStore's Traefik v3
- * JSON Schemas (shared/schemas, see SOURCES.md there).
+ * JSON Schemas (schemas/, see the README there).
  *
  * The file-provider schema lags Traefik v3.7 in known places. Each gap is handled here on
  * purpose, never by turning validation off: the parts the schema does not describe (or
@@ -12,8 +12,8 @@ import * as path from "node:path";
 import Ajv, { type ErrorObject, type ValidateFunction } from "ajv";
 import { PROJECT_DIR, isAddressOrCidr } from "../config";
 
-/** Where the upstream schemas live: beside the project, shared with the policy pack. */
-export const SCHEMA_DIR = path.join(PROJECT_DIR, "..", "shared", "schemas");
+/** SchemaStore's Traefik v3 schemas, kept in the repository (schemas/README.md says whence). */
+export const SCHEMA_DIR = path.join(PROJECT_DIR, "schemas");
 
 /** One problem: where in the configuration (a JSON pointer) and what is wrong. */
 export class SchemaError {
