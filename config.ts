@@ -1165,16 +1165,19 @@ export function connectionRateLimit(
   return Math.ceil((average * windowSeconds) / periodSeconds) + burst;
 }
 
+/**
+ * How Traefik picks the client: the depth-th X-Forwarded-For entry when depth is set (it
+ * then ignores excludedIPs), else the rightmost one not excluded, else the connecting address.
+ */
+export function sourceCriterionOf(depth: number, excludedIPs: readonly string[]): SourceCriterion {
+  if (depth > 0) return { kind: "depth", depth };
+  if (excludedIPs.length > 0) return { kind: "excludedIPs", excludedIPs };
+  return { kind: "remoteAddr" };
+}
+
 function assemble(source: ConfigSource, v: Flat, warnings: string[]): HomelabConfig {
   const secret = (key: ConfigKey) => pulumi.secret(v[key] as string);
-  const depth = v["rateLimit.depth"];
-  const excluded = v["rateLimit.excludedIPs"];
-  const sourceCriterion: SourceCriterion =
-    depth > 0
-      ? { kind: "depth", depth }
-      : excluded.length > 0
-        ? { kind: "excludedIPs", excludedIPs: excluded }
-        : { kind: "remoteAddr" };
+  const sourceCriterion = sourceCriterionOf(v["rateLimit.depth"], v["rateLimit.excludedIPs"]);
   const checksum = v["proxmox.templateChecksum"];
   const url = v["proxmox.templateUrl"];
   const provider = v["acme.dnsProvider"];

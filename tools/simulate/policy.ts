@@ -13,8 +13,8 @@ import {
   parseConfig,
   parseDuration,
   parsePostfixTime,
+  sourceCriterionOf,
   type HomelabConfig,
-  type SourceCriterion,
 } from "../../config";
 import { RATE_LIMIT_MIDDLEWARE } from "../../components/names";
 import type { EdgeSetup, SimPolicy, Spread } from "./model";
@@ -119,12 +119,7 @@ export function buildPolicy(
   const v: PolicyValues = { ...base, ...definedOnly(overrides) };
   const periodSeconds = parseDuration(v.period) ?? 1;
   const windowSeconds = parsePostfixTime(v.window) ?? 60;
-  const sourceCriterion: SourceCriterion =
-    v.depth > 0
-      ? { kind: "depth", depth: v.depth }
-      : v.excludedIPs.length > 0
-        ? { kind: "excludedIPs", excludedIPs: v.excludedIPs }
-        : { kind: "remoteAddr" };
+  const sourceCriterion = sourceCriterionOf(v.depth, v.excludedIPs);
 
   return {
     http: {
