@@ -19,6 +19,7 @@ import {
 } from "../config";
 import { installMocks, registeredResources, settled } from "./mockRuntime";
 import { outputFiles, renderFiles, resourcesJson, summary, traefikDir } from "./render/output";
+import { exitQuietlyOnClosedPipe } from "./cli";
 
 interface Options {
   stack: string;
@@ -84,6 +85,7 @@ async function render(options: Options): Promise<void> {
   for (const line of summary(config, resources, files.edges[0].dynamic)) console.log(line);
 }
 
+exitQuietlyOnClosedPipe();
 const program = new Command()
   .name("render")
   .description("Render what a stack would deploy, offline, into out/<stack>/")

@@ -25,6 +25,7 @@ import {
 import { generateProfile, parseProfile, PROFILES, ProfileError } from "./simulate/profiles";
 import { formatSummary, summarize, summaryJson } from "./simulate/report";
 import { TrafficBuilder } from "./simulate/traffic";
+import { exitQuietlyOnClosedPipe } from "./cli";
 
 interface Options {
   input?: string;
@@ -225,6 +226,7 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
+exitQuietlyOnClosedPipe();
 main(process.argv).then(
   (code) => (process.exitCode = code),
   (err: unknown) => {
