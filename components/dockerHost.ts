@@ -30,10 +30,11 @@ type LxcConfig = HomelabConfig["lxc"];
  * same things; this guards callers that build the arguments themselves.
  */
 export function checkDockerHostArgs(args: DockerHostArgs): void {
-  if (args.lxc.keyctl && args.proxmox.auth.method === "apiToken") {
+  const { auth } = args.proxmox;
+  if (args.lxc.keyctl && !(auth.method === "password" && auth.username === "root@pam")) {
     throw new Error(
-      `${PROJECT}:lxc.keyctl is true with proxmox.authMethod apiToken; expected keyctl false, ` +
-        "or root@pam password auth (only root@pam may set container features other than nesting)",
+      `${PROJECT}:lxc.keyctl is true with proxmox.authMethod ${auth.method}; expected keyctl ` +
+        "false, or root@pam password auth (only root@pam may set container features other than nesting)",
     );
   }
   if (args.lxc.sshUser !== "root") {

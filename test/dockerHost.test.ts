@@ -303,6 +303,17 @@ describe("DockerHost with configuration variants", () => {
       message: /lxc\.keyctl.*root@pam/,
     },
     {
+      case: "keyctl with password auth of a user other than root@pam",
+      args: (c: HomelabConfig): DockerHostArgs => ({
+        proxmox: {
+          ...c.proxmox,
+          auth: { method: "password", username: "admin@pve", password: pulumi.secret("x") },
+        },
+        lxc: { ...c.lxc, keyctl: true },
+      }),
+      message: /lxc\.keyctl.*root@pam/,
+    },
+    {
       case: "an ssh user other than root",
       args: (c: HomelabConfig): DockerHostArgs => ({
         proxmox: c.proxmox,
