@@ -1,6 +1,6 @@
 /**
- * The relay's Postfix settings: derived from the stack configuration as postconf(5) and the
- * upstream facts say, and accepted by the real Postfix installed here.
+ * The relay's Postfix settings: derived from the stack configuration as postconf(5) says,
+ * and accepted by the real Postfix installed here.
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";

@@ -1,7 +1,7 @@
 /**
  * Several edges: in-memory buckets multiply with the number of Traefik instances (and
  * routers), buckets shared through Redis do not. Expected counts come from the stack's
- * burst and average and from the upstream facts (shared/UPSTREAM-FACTS.md, Traefik's Redis
+ * burst and average and from Traefik's behaviour (its in-memory limiter and its Redis
  * limiter script), never from the model's own output.
  */
 import { describe, expect, it } from "vitest";
@@ -127,7 +127,7 @@ describe("spread by client address", () => {
 });
 
 describe("average 0", () => {
-  // UPSTREAM-FACTS: no limit in memory; with Redis, 429 for every request.
+  // Traefik: no limit in memory; with Redis, 429 for every request.
   const unlimited: SimPolicy = { ...prod, http: { ...prod.http, average: 0 } };
   const rows = Array.from({ length: 50 }, (_, i) => ({ t: i * 0.01, client: "198.51.100.7" }));
 

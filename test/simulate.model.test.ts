@@ -1,9 +1,10 @@
 /**
  * The simulator's model against Traefik's own rate-limiter test table and against the
- * upstream facts (shared/UPSTREAM-FACTS.md) for sources, TTL, maxDelay and the relay's limits.
+ * behaviour of Traefik's rate limiter (pkg/middlewares/ratelimiter) and Postfix's anvil
+ * (postconf(5)) for sources, TTL, maxDelay and the relay's limits.
  */
 import { describe, expect, it } from "vitest";
-import table from "../../shared/schemas/traefik-ratelimiter-cases.json";
+import table from "./fixtures/traefik-ratelimiter-cases.json";
 import type { SourceCriterion } from "../config";
 import { ENTRY_POINTS } from "../components/names";
 import {
@@ -146,7 +147,7 @@ describe("Traefik's ipStrategy table", () => {
 });
 
 describe("token bucket", () => {
-  // 100/s: maxDelay = 1s / (2 × 100) and a token every 10ms (UPSTREAM-FACTS).
+  // 100/s: maxDelay = 1s / (2 × 100) and a token every 10ms (Traefik's rate limiter).
   const limit = limiterParameters(100, 1, 1);
   const maxDelay = limit.maxDelayNs / 1e9;
   const tokenTime = 1 / limit.rate;
