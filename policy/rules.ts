@@ -149,7 +149,7 @@ export function stackOfUrn(urn: string): string | undefined {
   return match?.[1];
 }
 
-export function roleOf(container: ContainerFacts): string | undefined {
+function roleOf(container: ContainerFacts): string | undefined {
   return container.labels.get(ROLE_LABEL.toLowerCase());
 }
 
@@ -210,7 +210,7 @@ function isDynamicFile(file: string): boolean {
 }
 
 /** Traefik runs here: labelled the edge, or without a role and holding the static file. */
-export function isEdge(container: ContainerFacts): boolean {
+function isEdge(container: ContainerFacts): boolean {
   const role = roleOf(container);
   return role === undefined ? staticUpload(container) !== undefined : role === "edge";
 }
@@ -383,10 +383,9 @@ function rateLimitDefinitions(
     .map((container) => {
       const keys = labelKeys(container, prefix).sort();
       const settings = keys.map((key) => `${key}=${container.labels.get(key)}`).join("\n");
-      return { container, settings, keys };
+      return { container, settings };
     })
-    .filter((d) => d.keys.length > 0)
-    .map(({ container, settings }) => ({ container, settings }));
+    .filter(({ settings }) => settings !== "");
   const file = files
     .filter(({ config }) => {
       const middleware = option(optionPath(config, "http", "middlewares"), RATE_LIMIT_MIDDLEWARE);
@@ -397,21 +396,19 @@ function rateLimitDefinitions(
 }
 
 function routerProblem(router: HttpRouter, defined: RateLimitDefinitions): string | undefined {
-  const label = router.provider === "docker";
-  const subject = router.implicit
-    ? `Container "${router.name}" is enabled for Traefik but defines no HTTP router, so Traefik ` +
-      `gives it a default router with no middlewares`
-    : `HTTP router "${router.name}" (${router.where})`;
-  const setting = label
-    ? `traefik.http.routers.${router.name}.middlewares=${RATE_LIMIT_MIDDLEWARE}@docker,...`
-    : `http.routers.${router.name}.middlewares: [${RATE_LIMIT_MIDDLEWARE}@file, ...]`;
-
   if (router.implicit) {
     return (
-      `${subject}: define its routers with ${RATE_LIMIT_MIDDLEWARE} first, ` +
-      `or set traefik.enable=false.`
+      `Container "${router.name}" is enabled for Traefik but defines no HTTP router, so Traefik ` +
+      `gives it a default router with no middlewares: define its routers with ` +
+      `${RATE_LIMIT_MIDDLEWARE} first, or set traefik.enable=false.`
     );
   }
+  const subject = `HTTP router "${router.name}" (${router.where})`;
+  const setting =
+    router.provider === "docker"
+      ? `traefik.http.routers.${router.name}.middlewares=${RATE_LIMIT_MIDDLEWARE}@docker,...`
+      : `http.routers.${router.name}.middlewares: [${RATE_LIMIT_MIDDLEWARE}@file, ...]`;
+
   const first = router.middlewares[0];
   if (first === undefined) {
     return `${subject} has no middlewares: set ${setting} so every request meets the rate limiter.`;
@@ -467,12 +464,14 @@ export function edgeRoutersRateLimited(containers: ContainerFacts[]): Violation[
   for (const container of containers) {
     for (const upload of container.uploads.filter((u) => isDynamicFile(u.file))) {
       const parsed = parseYamlFile(upload);
-      if (parsed.ok) files.push({ container, file: upload.file, config: parsed.value });
-      else
+      if (parsed.ok) {
+        files.push({ container, file: upload.file, config: parsed.value });
+      } else {
         violations.push({
           urn: container.urn,
           message: `Cannot check the HTTP routers: ${parsed.error}.`,
         });
+      }
     }
   }
 
@@ -546,7 +545,7 @@ export function entryPointsTrustNoOne(container: ContainerFacts): string[] {
 // ---------------------------------------------------------------------------------------
 // Rule 4: production does not use the ACME staging CA.
 
-export function isProductionStack(stack: string | undefined): boolean {
+function isProductionStack(stack: string | undefined): boolean {
   return stack !== undefined && stack.toLowerCase().startsWith(PRODUCTION_STACK_PREFIX);
 }
 
