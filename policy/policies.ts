@@ -10,12 +10,15 @@ import type {
   StackValidationPolicy,
 } from "@pulumi/policy";
 
+import { RATE_LIMIT_MIDDLEWARE } from "../components/names";
 import {
   CONTAINER_TYPE,
   containerFacts,
   dockerProviderOptIn,
   edgeRoutersRateLimited,
   entryPointsTrustNoOne,
+  MIN_TRUSTED_PREFIX,
+  PRODUCTION_STACK_PREFIX,
   productionUsesRealCa,
   relayPublishesNoHostPort,
   stackOfUrn,
@@ -55,8 +58,8 @@ export const edgeRateLimitFirst: StackValidationPolicy = {
     "Every HTTP router on the edge (container labels and file-provider routers) runs the " +
     "rate-limit middleware first, and that middleware is defined.",
   remediationSteps:
-    "Put relay-ratelimit first in each router's middlewares and define it with ratelimit labels " +
-    "on one container enabled for Traefik (or in a file-provider file).",
+    `Put ${RATE_LIMIT_MIDDLEWARE} first in each router's middlewares and define it with ` +
+    "ratelimit labels on one container enabled for Traefik (or in a file-provider file).",
   enforcementLevel: "mandatory",
   validateStack: (args, reportViolation) => {
     const containers = args.resources
@@ -73,7 +76,7 @@ export const noUntrustedForwarding = containerPolicy(
     name: "no-untrusted-forwarding",
     description:
       "No entry point accepts X-Forwarded-For or PROXY headers from everyone (insecure, or a " +
-      "trustedIPs range wider than /8).",
+      `trustedIPs range wider than /${MIN_TRUSTED_PREFIX}).`,
     remediationSteps: "List only the upstream proxies' addresses in traefik.trustedProxies.",
   },
   entryPointsTrustNoOne,
@@ -83,7 +86,8 @@ export const productionRealCa = containerPolicy(
   {
     name: "production-real-ca",
     description:
-      "A production stack (name starting with prod) does not use Let's Encrypt's staging CA.",
+      `A production stack (name starting with ${PRODUCTION_STACK_PREFIX}) does not use ` +
+      "Let's Encrypt's staging CA.",
     remediationSteps: "Set acme.staging to false in the production stack's configuration.",
   },
   // The policy SDK does not pass the stack name; every URN starts with it.
