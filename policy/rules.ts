@@ -20,7 +20,7 @@ export const CONTAINER_TYPE = "docker:index/container:Container";
 export const MIN_TRUSTED_PREFIX = 8;
 
 /** Part of the URL of every Let's Encrypt staging directory. */
-export const STAGING_CA_MARK = "acme-staging";
+const STAGING_CA_MARK = "acme-staging";
 
 /** Stacks whose name starts with this are production. */
 export const PRODUCTION_STACK_PREFIX = "prod";
