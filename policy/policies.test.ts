@@ -20,6 +20,7 @@ import {
   CERT_RESOLVER,
   ENTRY_POINTS,
   RATE_LIMIT_MIDDLEWARE,
+  RELAY_LISTENERS,
   ROLE_LABEL,
   TRAEFIK_DYNAMIC_DIR,
   TRAEFIK_STATIC_PATH,
@@ -241,6 +242,11 @@ function metrics(change: (p: Props) => void = () => {}): Resource {
 
 const compliant = (config: HomelabConfig) => [edge(config), relay(config), metrics()];
 
+function withUpload(resource: Resource, upload: { file: string; content: string }): Resource {
+  const uploads = [...(resource.props.uploads ?? []), upload];
+  return { ...resource, props: { ...resource.props, uploads } };
+}
+
 // ---------------------------------------------------------------------------------------
 
 describe("the pack", () => {
@@ -288,22 +294,23 @@ describe("the pack", () => {
 
 describe("relay-no-host-port", () => {
   const port = prod.traefik.ports.submission;
+  const { submission, metrics: metricsPort } = RELAY_LISTENERS;
   it.each<[string, Resource, RegExp]>([
     [
       "a published submission port",
-      relay(prod, (_, p) => (p.ports = [{ internal: 10587, external: port }])),
+      relay(prod, (_, p) => (p.ports = [{ internal: submission, external: port }])),
       new RegExp(`host port ${port}`),
     ],
     [
       "a port with a host port Docker picks",
-      relay(prod, (_, p) => (p.ports = [{ internal: 10587 }])),
+      relay(prod, (_, p) => (p.ports = [{ internal: submission }])),
       /a host port Docker picks/,
     ],
     ["host networking", relay(prod, (_, p) => (p.networkMode = "host")), /networkMode "host"/],
     [
       "a published metrics port",
-      metrics((p) => (p.ports = [{ internal: 9154, external: 9154 }])),
-      /relay-metrics.*host port 9154/,
+      metrics((p) => (p.ports = [{ internal: metricsPort, external: metricsPort }])),
+      new RegExp(`relay-metrics.*host port ${metricsPort}`),
     ],
   ])("fires on %s", async (_, resource, message) => {
     const reported = await runResourcePolicy(relayNoHostPort, [resource], "prod");
@@ -319,7 +326,7 @@ describe("relay-no-host-port", () => {
 
   it("still runs in a preview when the relay's uploads are not known yet", async () => {
     const r = relay(prod, (_, p) => {
-      p.ports = [{ internal: 10587, external: port }];
+      p.ports = [{ internal: submission, external: port }];
       p.uploads = [{ file: "/etc/postfix/main.cf", content: unknownStringValue }];
     });
     expect(await runResourcePolicy(relayNoHostPort, [r], "prod")).toHaveLength(1);
@@ -402,37 +409,25 @@ describe("edge-rate-limit-first", () => {
       [
         edge(prod),
         relay(prod),
-        {
-          ...metrics((p) =>
-            p.labels.push(
-              { label: "traefik.enable", value: "true" },
-              {
-                label: `traefik.http.middlewares.${RATE_LIMIT_MIDDLEWARE}.ratelimit.average`,
-                value: String(prod.rateLimit.average + 1),
-              },
-              { label: "traefik.http.routers.metrics.middlewares", value: RATE_LIMIT_MIDDLEWARE },
-            ),
+        metrics((p) =>
+          p.labels.push(
+            { label: "traefik.enable", value: "true" },
+            {
+              label: `traefik.http.middlewares.${RATE_LIMIT_MIDDLEWARE}.ratelimit.average`,
+              value: String(prod.rateLimit.average + 1),
+            },
+            { label: "traefik.http.routers.metrics.middlewares", value: RATE_LIMIT_MIDDLEWARE },
           ),
-        },
+        ),
       ],
-      /both define middleware relay-ratelimit, differently/,
+      new RegExp(`both define middleware ${RATE_LIMIT_MIDDLEWARE}, differently`),
     ],
     [
       "a dynamic file that is not YAML",
-      [edge(prod, () => {}), relay(prod)].map((r, i) =>
-        i === 0
-          ? {
-              ...r,
-              props: {
-                ...r.props,
-                uploads: [
-                  ...r.props.uploads,
-                  { file: `${TRAEFIK_DYNAMIC_DIR}/broken.yml`, content: "http: [\n" },
-                ],
-              },
-            }
-          : r,
-      ),
+      [
+        withUpload(edge(prod), { file: `${TRAEFIK_DYNAMIC_DIR}/broken.yml`, content: "http: [\n" }),
+        relay(prod),
+      ],
       /broken\.yml is not valid YAML/,
     ],
   ])("fires on %s", async (_, resources, message) => {
@@ -452,9 +447,7 @@ describe("edge-rate-limit-first", () => {
         edge(prod),
         relay(prod, (l) => {
           l[docker] = `${RATE_LIMIT_MIDDLEWARE}@file`;
-          Object.keys(l)
-            .filter((k) => k.includes(".ratelimit."))
-            .forEach((k) => delete l[k]);
+          ratelimitKeys(l).forEach((k) => delete l[k]);
         }),
       ],
     ],
@@ -507,7 +500,7 @@ describe("no-untrusted-forwarding", () => {
       "a range one bit wider than allowed",
       (s) =>
         (s.entryPoints[ws].forwardedHeaders.trustedIPs = [`10.0.0.0/${MIN_TRUSTED_PREFIX - 1}`]),
-      /wider than \/8/,
+      new RegExp(`covers a /${MIN_TRUSTED_PREFIX - 1}, wider than /${MIN_TRUSTED_PREFIX}`),
     ],
     [
       "all of IPv4 written as IPv4-mapped IPv6",
