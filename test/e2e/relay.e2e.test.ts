@@ -23,6 +23,7 @@
  * the 60s window: one client per stack is blocked before the other tests, and the last tests
  * check that it may send again once the window has passed.
  */
+import * as ipaddr from "ipaddr.js";
 import * as net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectionRateLimit, type HomelabConfig } from "../../config";
@@ -90,14 +91,17 @@ interface Figures {
 
 const codeClass = (reply: Reply) => Math.floor(reply.code / 100);
 
-/** The first host address of an address or CIDR from the stack file (IPv4 only). */
+/**
+ * An address inside an address or CIDR from the stack file: the address itself, or the first
+ * host after the network address. IPv4 only: the suite's PROXY headers are TCP4.
+ */
 function hostOf(entry: string): string | undefined {
-  const [address, bits] = entry.split("/");
-  if (!net.isIPv4(address)) return undefined;
-  if (!bits || Number(bits) === 32) return address;
-  const parts = address.split(".").map(Number);
-  parts[3] += 1;
-  return parts.join(".");
+  const cidr = entry.includes("/") ? entry : `${entry}/32`;
+  if (!ipaddr.IPv4.isValidCIDR(cidr)) return undefined;
+  if (ipaddr.IPv4.parseCIDR(cidr)[1] === 32) return entry.split("/")[0];
+  const { octets } = ipaddr.IPv4.networkAddressFromCIDR(cidr);
+  // The network address of a /31 or wider ends in a 0 bit, so the last octet cannot overflow.
+  return new ipaddr.IPv4([...octets.slice(0, 3), octets[3] + 1]).toString();
 }
 
 const STACKS = ["dev", "prod"];
