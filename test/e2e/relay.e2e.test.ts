@@ -1,8 +1,9 @@
 /**
  * The relay under attack, on a real Postfix running the configuration rendered for each
- * stack (dev and prod, one private instance each, side by side). Every client reaches it through "the proxy": a connection to 127.0.0.1 that starts
- * with a PROXY header naming the client, as Traefik sends it. The addresses in those headers
- * are data (documentation, private and Docker ranges); nothing leaves loopback.
+ * stack (dev and prod, one private instance each, side by side). Every client reaches it
+ * through "the proxy": a connection to 127.0.0.1 that starts with a PROXY header naming the
+ * client, as Traefik sends it. The addresses in those headers are data (documentation,
+ * private and Docker ranges); nothing leaves loopback.
  *
  * What the harness changes in the rendered configuration, and why (nothing else differs;
  * the first test reads the running configuration back with postconf and checks that):
@@ -19,9 +20,9 @@
  * | sasl/smtpd.conf | sasldb_path                   | <tmp>/sasldb2                       | the image's /etc/sasldb2; test logins in a private file    |
  *
  * Who may relay, who must log in, TLS on the listeners, and every anvil limit and exception
- * are used exactly as rendered, including
- * the 60s window: one client per stack is blocked before the other tests, and the last tests
- * check that it may send again once the window has passed.
+ * are used exactly as rendered, including the 60s window: one client per stack is blocked
+ * before the other tests, and the last tests check that it may send again once the window
+ * has passed.
  */
 import * as ipaddr from "ipaddr.js";
 import * as net from "node:net";
@@ -50,7 +51,7 @@ const DOCUMENTED_OVERRIDES = new Set([
   "smtp_sasl_password_maps",
   String(RELAY_LISTENERS.submission),
   String(RELAY_LISTENERS.smtps),
-  `127.0.0.1:${RELAY_LISTENERS.local}`,
+  `${LOOPBACK}:${RELAY_LISTENERS.local}`,
   "sasldb_path",
 ]);
 
@@ -58,6 +59,7 @@ const DOCUMENTED_OVERRIDES = new Set([
 const CLIENT = {
   sender: "198.51.100.10",
   smtpsSender: "198.51.100.11",
+  beforeStartTls: "198.51.100.20",
   bruteForce: "203.0.113.66",
   natNeighbour: "203.0.113.67",
   connectionFlood: "203.0.113.80",
@@ -262,8 +264,16 @@ function stackRun(stack: string): StackRun {
     return got;
   }
 
-  /** Failing AUTH commands from `client`, two per connection (the rendered soft error limit slows a third). */
+  /**
+   * Failing AUTH commands from `client`, on as many connections as it takes to stay below the
+   * rendered smtpd_soft_error_limit, from which Postfix delays every reply.
+   */
   async function failLogins(client: string, attempts: number): Promise<Reply[]> {
+    const perConnection = Number(relay.rendered.main.smtpd_soft_error_limit) - 1;
+    expect(
+      perConnection,
+      "AUTH failures per connection below the soft error limit",
+    ).toBeGreaterThan(0);
     const replies: Reply[] = [];
     while (replies.length < attempts) {
       const { session, greeting } = await connect("smtps", client);
@@ -271,7 +281,7 @@ function stackRun(stack: string): StackRun {
         replies.push(greeting);
         continue;
       }
-      for (let i = 0; i < 2 && replies.length < attempts; i++) {
+      for (let i = 0; i < perConnection && replies.length < attempts; i++) {
         replies.push(await session.authPlain(login.user, `wrong-${replies.length}`));
       }
       await session.quit();
@@ -374,7 +384,7 @@ function stackRun(stack: string): StackRun {
     it("offers AUTH on submission only after STARTTLS", async () => {
       const { session, greeting } = await SmtpSession.open({
         port: relay.ports.submission,
-        proxyFrom: "198.51.100.20",
+        proxyFrom: CLIENT.beforeStartTls,
       });
       open.push(session);
       expect(greeting.code).toBe(220);
@@ -451,7 +461,10 @@ function stackRun(stack: string): StackRun {
       }
       const over = await connect("smtps", CLIENT.concurrencyFlood);
       expect(over.greeting.code, replyText(over.greeting)).toBe(421);
-      expect(replyText(over.greeting)).toMatch(/too many connections from .*203\.0\.113\.81/);
+      const address = CLIENT.concurrencyFlood.replaceAll(".", "\\.");
+      expect(replyText(over.greeting)).toMatch(
+        new RegExp(`too many connections from .*${address}`),
+      );
 
       const other = await connect("smtps", CLIENT.bystander);
       expect(other.greeting.code).toBe(220);
