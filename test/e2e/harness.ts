@@ -10,7 +10,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import { loadStackFile, parseConfig, type HomelabConfig } from "../../config";
+import { type HomelabConfig } from "../../config";
 import { RELAY_LISTENERS } from "../../components/names";
 import {
   postfixSettings,
@@ -38,10 +38,7 @@ export function missingTools(): string[] {
   return missing;
 }
 
-/** The stack's configuration as the program would get it, secrets left unset. */
-export function stackConfig(stack: string): HomelabConfig {
-  return parseConfig(loadStackFile(stack), { allowUnsetSecrets: true });
-}
+export { stackConfig } from "../stacks";
 
 /** A free TCP port on loopback (free when asked; nothing else on this machine races for it). */
 export async function freePort(): Promise<number> {
