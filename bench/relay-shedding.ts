@@ -15,6 +15,7 @@
  */
 import * as os from "node:os";
 import { postfixSettings, type PostfixSettings } from "../components/postfix";
+import type { HomelabConfig } from "../config";
 import { missingTools, RelayInstance, stackConfig } from "../test/e2e/harness";
 import { SmtpSession } from "../test/e2e/smtp";
 
@@ -93,8 +94,12 @@ async function hammer(relay: RelayInstance, seconds: number): Promise<Tally> {
   return tally;
 }
 
-async function measure(stack: string, settings: PostfixSettings, seconds: number): Promise<Tally> {
-  const config = stackConfig(stack);
+async function measure(
+  stack: string,
+  config: HomelabConfig,
+  settings: PostfixSettings,
+  seconds: number,
+): Promise<Tally> {
   const relay = await RelayInstance.start({ stack, config, logins: ["alerts"], settings });
   try {
     return await hammer(relay, seconds);
@@ -146,6 +151,11 @@ function table(results: Array<[string, Tally]>): string {
 async function main(): Promise<void> {
   const stack = process.argv[2] ?? "prod";
   const seconds = Number(process.argv[3] ?? 15);
+  if (!(seconds > 0)) {
+    console.error(`relay-shedding: seconds must be a positive number, got ${process.argv[3]}`);
+    process.exitCode = 1;
+    return;
+  }
   const missing = missingTools();
   if (missing.length > 0) {
     console.error(
@@ -155,10 +165,11 @@ async function main(): Promise<void> {
     return;
   }
 
-  const rendered = postfixSettings(stackConfig(stack));
+  const config = stackConfig(stack);
+  const rendered = postfixSettings(config);
   const results: Array<[string, Tally]> = [
-    ["rendered limits", await measure(stack, rendered, seconds)],
-    ["Postfix defaults", await measure(stack, withoutAnvilLimits(rendered), seconds)],
+    ["rendered limits", await measure(stack, config, rendered, seconds)],
+    ["Postfix defaults", await measure(stack, config, withoutAnvilLimits(rendered), seconds)],
   ];
   const cpus = os.cpus();
   console.log(
