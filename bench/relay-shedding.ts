@@ -16,7 +16,7 @@
 import * as os from "node:os";
 import { postfixSettings, type PostfixSettings } from "../components/postfix";
 import type { HomelabConfig } from "../config";
-import { missingTools, RelayInstance, stackConfig } from "../test/e2e/harness";
+import { missingTools, RelayInstance, sideBySide, stackConfig } from "../test/e2e/harness";
 import { SmtpSession } from "../test/e2e/smtp";
 
 /** The parameters that make anvil limit a client; without them Postfix's defaults apply. */
@@ -130,22 +130,10 @@ function table(results: Array<[string, Tally]>): string {
       (t) => ((t.cpuSeconds * 1000) / Math.max(1, t.connections)).toFixed(2),
     ],
   ];
-  const labelWidth = Math.max(...rows.map(([label]) => label.length));
-  const columnWidth = Math.max(...results.map(([name]) => name.length), 16);
-  const line = (label: string, cells: string[]) =>
-    `${label.padEnd(labelWidth)}  ${cells.map((c) => c.padStart(columnWidth)).join("  ")}`;
-  return [
-    line(
-      "",
-      results.map(([name]) => name),
-    ),
-    ...rows.map(([label, cell]) =>
-      line(
-        label,
-        results.map(([, t]) => cell(t)),
-      ),
-    ),
-  ].join("\n");
+  return sideBySide(
+    results.map(([name]) => name),
+    rows.map(([label, cell]) => [label, results.map(([, t]) => cell(t))] as const),
+  );
 }
 
 async function main(): Promise<void> {

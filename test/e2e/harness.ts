@@ -439,4 +439,19 @@ function isRunning(pid: number): boolean {
   return stat !== undefined && stat.state !== "Z";
 }
 
+/** Figures as a plain-text table: a label column, then one right-aligned column each. */
+export function sideBySide(
+  columns: readonly string[],
+  rows: readonly (readonly [label: string, cells: readonly string[]])[],
+): string {
+  const labelWidth = Math.max(...rows.map(([label]) => label.length));
+  const cellWidth = Math.max(
+    ...columns.map((c) => c.length),
+    ...rows.flatMap(([, cells]) => cells.map((c) => c.length)),
+  );
+  const line = (label: string, cells: readonly string[]) =>
+    `${label.padEnd(labelWidth)}  ${cells.map((c) => c.padStart(cellWidth)).join("  ")}`;
+  return [line("", columns), ...rows.map(([label, cells]) => line(label, cells))].join("\n");
+}
+
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

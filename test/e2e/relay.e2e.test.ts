@@ -32,6 +32,7 @@ import { RELAY_LISTENERS } from "../../components/names";
 import {
   missingTools,
   RelayInstance,
+  sideBySide,
   sleep,
   stackConfig,
   type Listener,
@@ -520,22 +521,9 @@ function printFigures(runs: readonly StackRun[]): void {
       (f) => `${f.connectionsMade} / ${f.connectionsRefused}`,
     ],
   ];
-  const width = Math.max(...rows.map(([label]) => label.length));
-  const line = (label: string, cells: string[]) =>
-    `  ${label.padEnd(width)}  ${cells.map((c) => c.padStart(10)).join("  ")}`;
-  console.log(
-    [
-      "relay e2e figures",
-      line(
-        "",
-        runs.map((r) => r.stack),
-      ),
-      ...rows.map(([label, cell]) =>
-        line(
-          label,
-          runs.map((r) => cell(r.figures)),
-        ),
-      ),
-    ].join("\n"),
+  const table = sideBySide(
+    runs.map((r) => r.stack),
+    rows.map(([label, cell]) => [label, runs.map((r) => cell(r.figures))] as const),
   );
+  console.log(`relay e2e figures\n${table}`);
 }
