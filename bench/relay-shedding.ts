@@ -147,7 +147,7 @@ async function main(): Promise<void> {
   const missing = missingTools();
   if (missing.length > 0) {
     console.error(
-      `relay-shedding: needs ${missing.join(", ")} (apt-get install postfix postfix-lmdb sasl2-bin libsasl2-modules)`,
+      `relay-shedding: needs ${missing.join(", ")} (install the packages in .ci/packages.txt)`,
     );
     process.exitCode = 1;
     return;

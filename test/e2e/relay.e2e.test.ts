@@ -125,7 +125,7 @@ const missing = missingTools();
 const runs = STACKS.map(stackRun);
 
 if (missing.length > 0 && !process.env.CI) {
-  describe.skip(`relay on a real Postfix (needs ${missing.join(", ")}: apt-get install postfix postfix-lmdb sasl2-bin libsasl2-modules)`, () => {
+  describe.skip(`relay on a real Postfix (needs ${missing.join(", ")}: install the packages in .ci/packages.txt)`, () => {
     it("runs", () => undefined);
   });
 } else {
