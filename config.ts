@@ -10,6 +10,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import * as ipaddr from "ipaddr.js";
+import { effectivePrefixLength, MIN_TRUSTED_PREFIX } from "./components/addresses";
 import YAML from "yaml";
 import { closest as closestOf, distance } from "fastest-levenshtein";
 import { z } from "zod";
@@ -362,12 +363,6 @@ export function parsePostfixTime(text: string): number | undefined {
 /** An IPv4/IPv6 address or CIDR, as Traefik and Postfix accept it. */
 export function isAddressOrCidr(text: string): boolean {
   return text.includes("/") ? ipaddr.isValidCIDR(text) : ipaddr.isValid(text);
-}
-
-/** Prefix length of an address or CIDR (a bare address is a full-length prefix). */
-function prefixLength(text: string): number {
-  if (text.includes("/")) return ipaddr.parseCIDR(text)[1];
-  return ipaddr.parse(text).kind() === "ipv4" ? 32 : 128;
 }
 
 const hostnamePattern = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/i;
@@ -835,21 +830,20 @@ const rules: readonly Rule[] = [
   {
     reads: ["traefik.trustedProxies", "rateLimit.exempt"],
     check(v, { problem }) {
-      const shortest = 8;
       v["traefik.trustedProxies"].forEach((entry, i) => {
-        if (prefixLength(entry) >= shortest) return;
+        if (effectivePrefixLength(entry) >= MIN_TRUSTED_PREFIX) return;
         problem(
           `traefik.trustedProxies[${i}]`,
           JSON.stringify(entry),
-          `a proxy's address or a small range (/${shortest} or longer): trusting this much of the internet lets clients forge X-Forwarded-For and PROXY headers and pick their own bucket`,
+          `a proxy's address or a small range (/${MIN_TRUSTED_PREFIX} or longer): trusting this much of the internet lets clients forge X-Forwarded-For and PROXY headers and pick their own bucket`,
         );
       });
       v["rateLimit.exempt"].forEach((entry, i) => {
-        if (prefixLength(entry) >= shortest) return;
+        if (effectivePrefixLength(entry) >= MIN_TRUSTED_PREFIX) return;
         problem(
           `rateLimit.exempt[${i}]`,
           JSON.stringify(entry),
-          `your own senders' addresses (/${shortest} or longer): this would exempt much of the internet from the relay's limits`,
+          `your own senders' addresses (/${MIN_TRUSTED_PREFIX} or longer): this would exempt much of the internet from the relay's limits`,
         );
       });
     },

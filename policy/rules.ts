@@ -3,9 +3,9 @@
  * policy (a Docker container's inputs or outputs) goes in, the violation messages come out.
  * policies.ts wraps them for @pulumi/policy; the tests call them without the Pulumi CLI.
  */
-import * as ipaddr from "ipaddr.js";
 import { parse as parseYaml } from "yaml";
 
+import { effectivePrefixLength, MIN_TRUSTED_PREFIX } from "../components/addresses";
 import {
   RATE_LIMIT_MIDDLEWARE,
   ROLE_LABEL,
@@ -16,8 +16,7 @@ import {
 /** The Pulumi type token of a Docker container (@pulumi/docker). */
 export const CONTAINER_TYPE = "docker:index/container:Container";
 
-/** Shortest prefix a trusted-proxy CIDR may have; a wider one trusts much of the internet. */
-export const MIN_TRUSTED_PREFIX = 8;
+export { MIN_TRUSTED_PREFIX };
 
 /** Part of the URL of every Let's Encrypt staging directory. */
 const STAGING_CA_MARK = "acme-staging";
@@ -489,25 +488,14 @@ export function edgeRoutersRateLimited(containers: ContainerFacts[]): Violation[
 
 /** Why `entry` trusts too many senders, or undefined when it is a narrow address or CIDR. */
 export function tooBroadTrust(entry: string): string | undefined {
-  const text = entry.trim();
-  let address: ipaddr.IPv4 | ipaddr.IPv6;
   let prefix: number;
   try {
-    if (text.includes("/")) [address, prefix] = ipaddr.parseCIDR(text);
-    else {
-      address = ipaddr.parse(text);
-      prefix = address.kind() === "ipv4" ? 32 : 128;
-    }
+    prefix = effectivePrefixLength(entry.trim());
   } catch {
     return `"${entry}" is not an IP address or CIDR`;
   }
-
-  // Go's net.IPNet treats ::ffff:a.b.c.d/N as the IPv4 network a.b.c.d/(N-96).
-  if (address.kind() === "ipv6" && (address as ipaddr.IPv6).isIPv4MappedAddress()) {
-    prefix -= 96;
-  }
   if (prefix < MIN_TRUSTED_PREFIX) {
-    return `"${entry}" covers a /${Math.max(prefix, 0)}, wider than /${MIN_TRUSTED_PREFIX}`;
+    return `"${entry}" covers a /${prefix}, wider than /${MIN_TRUSTED_PREFIX}`;
   }
   return undefined;
 }

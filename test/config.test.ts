@@ -221,6 +221,12 @@ describe("invalid configuration is rejected with the key named", () => {
       /forge X-Forwarded-For/,
     ],
     [
+      "trusting all of IPv4 written as an IPv4-mapped IPv6 range",
+      { "traefik.trustedProxies": ["::ffff:0.0.0.0/96"] },
+      "traefik.trustedProxies[0]",
+      /forge X-Forwarded-For/,
+    ],
+    [
       "exempting the whole internet",
       { "rateLimit.exempt": ["::/0"] },
       "rateLimit.exempt[0]",
