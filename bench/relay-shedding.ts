@@ -16,7 +16,8 @@
 import * as os from "node:os";
 import { postfixSettings, type PostfixSettings } from "../components/postfix";
 import type { HomelabConfig } from "../config";
-import { missingTools, RelayInstance, sideBySide, stackConfig } from "../test/e2e/harness";
+import { missingTools, RelayInstance, sideBySide } from "../test/e2e/harness";
+import { stackConfig } from "../test/stacks";
 import { SmtpSession } from "../test/e2e/smtp";
 
 /** The parameters that make anvil limit a client; without them Postfix's defaults apply. */

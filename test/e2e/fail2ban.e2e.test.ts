@@ -10,7 +10,8 @@ import * as fs from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { HomelabConfig } from "../../config";
 import { jailLocal } from "../../components/fail2ban";
-import { missingTools, RelayInstance, sleep, stackConfig, type Login } from "./harness";
+import { missingTools, RelayInstance, sleep, type Login } from "./harness";
+import { stackConfig } from "../stacks";
 import { replyText, SmtpSession, type Reply } from "./smtp";
 
 const FAIL2BAN_REGEX = "/usr/bin/fail2ban-regex";

@@ -38,8 +38,6 @@ export function missingTools(): string[] {
   return missing;
 }
 
-export { stackConfig } from "../stacks";
-
 /** A free TCP port on loopback (free when asked; nothing else on this machine races for it). */
 export async function freePort(): Promise<number> {
   const server = net.createServer();

@@ -34,10 +34,10 @@ import {
   RelayInstance,
   sideBySide,
   sleep,
-  stackConfig,
   type Listener,
   type Login,
 } from "./harness";
+import { stackConfig } from "../stacks";
 import { LOOPBACK, replyText, SmtpSession, type ProxyVersion, type Reply } from "./smtp";
 
 /** Lines the harness may replace; anything else replaced fails the first test. */
