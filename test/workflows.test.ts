@@ -242,7 +242,10 @@ describe("the Pulumi token gate", () => {
     "%s runs only when PULUMI_ACCESS_TOKEN is set",
     (_, { file, job: gatedJob }) => {
       const job = deciding(file, gatedJob);
-      const condition = /^needs\.([\w-]+)\.outputs\.([\w-]+) == 'true'$/.exec(job.if ?? "");
+      // The gate comes first; further conditions may only narrow it.
+      const condition = /^needs\.([\w-]+)\.outputs\.([\w-]+) == 'true'(?:\s*&&[^|]*)?$/.exec(
+        (job.if ?? "").trim(),
+      );
       expect(condition, job.if).not.toBeNull();
       const [, gateId, output] = condition!;
       expect(needsOf(job)).toContain(gateId);
@@ -261,6 +264,13 @@ describe("the Pulumi token gate", () => {
       expect(without.summary).toMatch(/No PULUMI_ACCESS_TOKEN/);
     },
   );
+
+  it("never previews a fork's pull request (its code would run on the homelab's runner)", () => {
+    const { preview } = workflow("pull-request.yml").jobs;
+    expect(preview.if).toMatch(
+      /&&\s*github\.event\.pull_request\.head\.repo\.full_name == github\.repository\s*$/,
+    );
+  });
 
   it("makes prod wait for dev, which is gated", () => {
     const { jobs } = workflow("deploy.yml");
