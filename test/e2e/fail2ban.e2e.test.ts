@@ -127,7 +127,7 @@ const runs: StackRun[] = STACKS.map((stack) => ({
 }));
 
 if (missing.length > 0 && !process.env.CI) {
-  describe.skip(`the ban filter on a real Postfix log (needs ${missing.join(", ")}: apt-get install postfix postfix-lmdb sasl2-bin libsasl2-modules fail2ban)`, () => {
+  describe.skip(`the ban filter on a real Postfix log (needs ${missing.join(", ")}: install the packages in .ci/packages.txt)`, () => {
     it("runs", () => undefined);
   });
 } else {
